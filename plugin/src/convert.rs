@@ -1,0 +1,236 @@
+//! The conversion rules: which events in scope become pulses, and what each pulse says.
+
+use crate::event::{self, AppRef, Build, Envelope, ParseError, Release};
+use crate::pulse::{Outcome, Pulse, Timestamp};
+
+/// The source every Heroku pulse carries.
+pub const SOURCE: &str = "heroku";
+
+/// The correlation key that links a pulse to services with the same Heroku app name.
+pub const APP_CORRELATION_KEY: &str = "heroku_app_name";
+
+/// Which apps an integration monitors.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    pub integration: &'a str,
+    /// App names or ids.
+    pub apps: &'a [String],
+}
+
+impl Scope<'_> {
+    /// Why an event for `app` is out of scope, or `None` when it is in scope.
+    fn excludes(&self, app: &AppRef) -> Option<String> {
+        if self.apps.is_empty() {
+            return Some(format!("integration {} monitors no apps", self.integration));
+        }
+        let listed = |value: &Option<String>| {
+            value.as_deref().is_some_and(|value| self.apps.iter().any(|app| app == value))
+        };
+        if listed(&app.name) || listed(&app.id) {
+            return None;
+        }
+        let shown = app.name.as_deref().or(app.id.as_deref()).unwrap_or("(unnamed)");
+        Some(format!("app {shown} is not monitored by integration {}", self.integration))
+    }
+}
+
+/// Scopes and converts a parsed event. `raw` is the body, kept on the pulse for drill-down.
+pub fn convert(scope: Scope<'_>, mut envelope: Envelope, raw: &str) -> Result<Outcome, ParseError> {
+    match envelope.resource.as_str() {
+        "build" => {
+            let build: Build = event::typed(envelope.data.take(), "data")?;
+            let app = required_app(&build.app)?;
+            if let Some(reason) = scope.excludes(app) {
+                return Ok(Outcome::Ignored(reason));
+            }
+            convert_build(&envelope, build, raw)
+        }
+        "release" => {
+            let release: Release = event::typed(envelope.data.take(), "data")?;
+            let app = required_app(&release.app)?;
+            if let Some(reason) = scope.excludes(app) {
+                return Ok(Outcome::Ignored(reason));
+            }
+            convert_release(&envelope, release, raw)
+        }
+        other => {
+            let app: Option<AppRef> = envelope
+                .data
+                .get("app")
+                .and_then(|app| serde_json::from_value(app.clone()).ok());
+            if let Some(reason) = app.as_ref().and_then(|app| scope.excludes(app)) {
+                return Ok(Outcome::Ignored(reason));
+            }
+            let reason = if other == "dyno" {
+                "dyno events are not converted".to_string()
+            } else {
+                format!("{other} events are not converted")
+            };
+            Ok(Outcome::Ignored(reason))
+        }
+    }
+}
+
+fn required_app(app: &Option<AppRef>) -> Result<&AppRef, ParseError> {
+    match app {
+        Some(app) if app.name.is_some() => Ok(app),
+        _ => Err(ParseError("`data.app.name` is missing".into())),
+    }
+}
+
+fn convert_build(envelope: &Envelope, build: Build, raw: &str) -> Result<Outcome, ParseError> {
+    let action = envelope.action.as_str();
+    if action != "create" && action != "update" {
+        return Ok(Outcome::Ignored(format!("build {action} events are not converted")));
+    }
+    let status = build.status.as_deref().unwrap_or_default();
+    if !matches!(status, "pending" | "succeeded" | "failed") {
+        return Ok(Outcome::Ignored(format!("build status {status:?} is not converted")));
+    }
+    let id = build.id.as_deref().ok_or_else(|| ParseError("`data.id` is missing".into()))?;
+    let app = build.app.as_ref().and_then(|app| app.name.as_deref()).unwrap_or_default();
+
+    let (started_at, updated_at) =
+        times(envelope, build.created_at.as_deref(), build.updated_at.as_deref())?;
+    let ended_at = if status == "pending" { None } else { Some(updated_at) };
+
+    let mut labels = vec![
+        pair("app", app),
+        pair("kind", "build"),
+        pair("status", status),
+    ];
+    push_some(&mut labels, "stack", build.stack.as_ref().and_then(|stack| stack.name()));
+    push_some(&mut labels, "user", user_email(envelope, build.user.as_ref()));
+
+    let mut refs = vec![pair("build_id", id)];
+    let commit = build
+        .source_blob
+        .as_ref()
+        .and_then(|blob| blob.version.as_deref())
+        .or_else(|| build.slug.as_ref().and_then(|slug| slug.commit.as_deref()));
+    push_some(&mut refs, "commit", commit);
+    if let Some(release) = &build.release {
+        push_some(&mut refs, "release_id", release.id.as_deref());
+        push_some(&mut refs, "release_version", release.version.map(version).as_deref());
+    }
+    push_some(&mut refs, "event_id", envelope.id.as_deref());
+
+    Ok(Outcome::Pulses(vec![Pulse {
+        summary: format!("[Heroku][Build] {app} {status}"),
+        source: SOURCE.into(),
+        started_at,
+        ended_at,
+        labels,
+        refs,
+        correlations: vec![pair(APP_CORRELATION_KEY, app)],
+        dedupe_key: format!("build:{id}:{status}"),
+        raw: raw.into(),
+    }]))
+}
+
+fn convert_release(envelope: &Envelope, release: Release, raw: &str) -> Result<Outcome, ParseError> {
+    let action = envelope.action.as_str();
+    let status = release.status.as_deref().unwrap_or_default();
+    let shown_version = release.version.map(version);
+    let name = shown_version.as_deref().unwrap_or("release");
+    if action != "update" && action != "create" {
+        return Ok(Outcome::Ignored(format!("release {action} events are not converted")));
+    }
+    let current = release.current == Some(true);
+    let deployed = status == "succeeded" && current;
+    let failed = status == "failed";
+    if action == "create" || (!deployed && !failed && !current) {
+        return Ok(Outcome::Ignored(format!("release {name} is not current")));
+    }
+    if !deployed && !failed {
+        return Ok(Outcome::Ignored(format!("release {name} status {status:?} is not converted")));
+    }
+    let id = release.id.as_deref().ok_or_else(|| ParseError("`data.id` is missing".into()))?;
+    let app = release.app.as_ref().and_then(|app| app.name.as_deref()).unwrap_or_default();
+
+    let (started_at, updated_at) =
+        times(envelope, release.created_at.as_deref(), release.updated_at.as_deref())?;
+
+    let description = match release.description.as_deref().map(str::trim) {
+        Some(text) if !text.is_empty() => text.to_string(),
+        _ => shown_version.clone().unwrap_or_else(|| format!("release {id}")),
+    };
+    let summary = if failed {
+        format!("[Heroku][Release] {description} (failed)")
+    } else {
+        format!("[Heroku][Release] {description}")
+    };
+
+    let mut labels = vec![
+        pair("app", app),
+        pair("kind", "release"),
+        pair("status", status),
+    ];
+    push_some(&mut labels, "stack", release.stack.as_ref().and_then(|stack| stack.name()));
+    push_some(&mut labels, "user", user_email(envelope, release.user.as_ref()));
+
+    let mut refs = vec![pair("release_id", id)];
+    push_some(&mut refs, "release_version", shown_version.as_deref());
+    push_some(&mut refs, "commit", release.slug.as_ref().and_then(|slug| slug.commit.as_deref()));
+    push_some(&mut refs, "slug_id", release.slug.as_ref().and_then(|slug| slug.id.as_deref()));
+    push_some(&mut refs, "event_id", envelope.id.as_deref());
+
+    Ok(Outcome::Pulses(vec![Pulse {
+        summary,
+        source: SOURCE.into(),
+        started_at,
+        ended_at: Some(updated_at),
+        labels,
+        refs,
+        correlations: vec![pair(APP_CORRELATION_KEY, app)],
+        dedupe_key: format!("release:{id}:{status}"),
+        raw: raw.into(),
+    }]))
+}
+
+/// The entity's created and updated times. Missing ones fall back to the envelope's
+/// `created_at`, then to each other, so a sparse event still places its pulse in time.
+fn times(
+    envelope: &Envelope,
+    created: Option<&str>,
+    updated: Option<&str>,
+) -> Result<(Timestamp, Timestamp), ParseError> {
+    let created = created
+        .map(|text| event::parse_timestamp(text, "data.created_at"))
+        .transpose()?;
+    let updated = updated
+        .map(|text| event::parse_timestamp(text, "data.updated_at"))
+        .transpose()?;
+    let sent = envelope
+        .created_at
+        .as_deref()
+        .map(|text| event::parse_timestamp(text, "created_at"))
+        .transpose()?;
+    let started = created
+        .or(sent)
+        .or(updated)
+        .ok_or_else(|| ParseError("the event has no `created_at` or `updated_at`".into()))?;
+    Ok((started, updated.unwrap_or(started)))
+}
+
+fn user_email<'a>(
+    envelope: &'a Envelope,
+    user: Option<&'a event::Actor>,
+) -> Option<&'a str> {
+    user.and_then(|user| user.email.as_deref())
+        .or_else(|| envelope.actor.as_ref().and_then(|actor| actor.email.as_deref()))
+}
+
+fn version(number: u64) -> String {
+    format!("v{number}")
+}
+
+fn pair(key: &str, value: &str) -> (String, String) {
+    (key.to_string(), value.to_string())
+}
+
+fn push_some(pairs: &mut Vec<(String, String)>, key: &str, value: Option<&str>) {
+    if let Some(value) = value.filter(|value| !value.is_empty()) {
+        pairs.push(pair(key, value));
+    }
+}
