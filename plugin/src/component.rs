@@ -26,13 +26,24 @@ impl webhooks::Guest for HerokuPlugin {
                 let message = match err {
                     storage::StorageError::Unavailable(m) | storage::StorageError::TooLarge(m) => m,
                 };
-                log::write(Level::Error, &format!("reading the webhook secret failed: {message}"));
-                return Err(DeliveryError::Internal(format!("storage failed: {message}")));
+                log::write(
+                    Level::Error,
+                    &format!("reading the webhook secret failed: {message}"),
+                );
+                return Err(DeliveryError::Internal(format!(
+                    "storage failed: {message}"
+                )));
             }
         };
 
-        let scope = crate::Scope { integration: &context.integration, apps: &context.apps };
-        let headers = delivery.headers.iter().map(|h| (h.name.as_str(), h.value.as_str()));
+        let scope = crate::Scope {
+            integration: &context.integration,
+            apps: &context.apps,
+        };
+        let headers = delivery
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str()));
         match crate::handle(scope, &secret, headers, &delivery.body) {
             Ok(crate::Outcome::Pulses(pulses)) => {
                 Ok(Outcome::Pulses(pulses.into_iter().map(to_wit).collect()))
@@ -47,9 +58,15 @@ impl webhooks::Guest for HerokuPlugin {
 
 fn to_wit(pulse: crate::Pulse) -> Pulse {
     let pairs = |pairs: Vec<(String, String)>| {
-        pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect()
+        pairs
+            .into_iter()
+            .map(|(key, value)| KeyValue { key, value })
+            .collect()
     };
-    let time = |t: crate::Timestamp| Timestamp { seconds: t.seconds, nanoseconds: t.nanoseconds };
+    let time = |t: crate::Timestamp| Timestamp {
+        seconds: t.seconds,
+        nanoseconds: t.nanoseconds,
+    };
     Pulse {
         summary: pulse.summary,
         source: pulse.source,

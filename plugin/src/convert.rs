@@ -24,13 +24,22 @@ impl Scope<'_> {
             return Some(format!("integration {} monitors no apps", self.integration));
         }
         let listed = |value: &Option<String>| {
-            value.as_deref().is_some_and(|value| self.apps.iter().any(|app| app == value))
+            value
+                .as_deref()
+                .is_some_and(|value| self.apps.iter().any(|app| app == value))
         };
         if listed(&app.name) || listed(&app.id) {
             return None;
         }
-        let shown = app.name.as_deref().or(app.id.as_deref()).unwrap_or("(unnamed)");
-        Some(format!("app {shown} is not monitored by integration {}", self.integration))
+        let shown = app
+            .name
+            .as_deref()
+            .or(app.id.as_deref())
+            .unwrap_or("(unnamed)");
+        Some(format!(
+            "app {shown} is not monitored by integration {}",
+            self.integration
+        ))
     }
 }
 
@@ -81,26 +90,52 @@ fn required_app(app: &Option<AppRef>) -> Result<&AppRef, ParseError> {
 fn convert_build(envelope: &Envelope, build: Build, raw: &str) -> Result<Outcome, ParseError> {
     let action = envelope.action.as_str();
     if action != "create" && action != "update" {
-        return Ok(Outcome::Ignored(format!("build {action} events are not converted")));
+        return Ok(Outcome::Ignored(format!(
+            "build {action} events are not converted"
+        )));
     }
     let status = build.status.as_deref().unwrap_or_default();
     if !matches!(status, "pending" | "succeeded" | "failed") {
-        return Ok(Outcome::Ignored(format!("build status {status:?} is not converted")));
+        return Ok(Outcome::Ignored(format!(
+            "build status {status:?} is not converted"
+        )));
     }
-    let id = build.id.as_deref().ok_or_else(|| ParseError("`data.id` is missing".into()))?;
-    let app = build.app.as_ref().and_then(|app| app.name.as_deref()).unwrap_or_default();
+    let id = build
+        .id
+        .as_deref()
+        .ok_or_else(|| ParseError("`data.id` is missing".into()))?;
+    let app = build
+        .app
+        .as_ref()
+        .and_then(|app| app.name.as_deref())
+        .unwrap_or_default();
 
-    let (started_at, updated_at) =
-        times(envelope, build.created_at.as_deref(), build.updated_at.as_deref())?;
-    let ended_at = if status == "pending" { None } else { Some(updated_at) };
+    let (started_at, updated_at) = times(
+        envelope,
+        build.created_at.as_deref(),
+        build.updated_at.as_deref(),
+    )?;
+    let ended_at = if status == "pending" {
+        None
+    } else {
+        Some(updated_at)
+    };
 
     let mut labels = vec![
         pair("app", app),
         pair("kind", "build"),
         pair("status", status),
     ];
-    push_some(&mut labels, "stack", build.stack.as_ref().and_then(|stack| stack.name()));
-    push_some(&mut labels, "user", user_email(envelope, build.user.as_ref()));
+    push_some(
+        &mut labels,
+        "stack",
+        build.stack.as_ref().and_then(|stack| stack.name()),
+    );
+    push_some(
+        &mut labels,
+        "user",
+        user_email(envelope, build.user.as_ref()),
+    );
 
     let mut refs = vec![pair("build_id", id)];
     let commit = build
@@ -111,7 +146,11 @@ fn convert_build(envelope: &Envelope, build: Build, raw: &str) -> Result<Outcome
     push_some(&mut refs, "commit", commit);
     if let Some(release) = &build.release {
         push_some(&mut refs, "release_id", release.id.as_deref());
-        push_some(&mut refs, "release_version", release.version.map(version).as_deref());
+        push_some(
+            &mut refs,
+            "release_version",
+            release.version.map(version).as_deref(),
+        );
     }
     push_some(&mut refs, "event_id", envelope.id.as_deref());
 
@@ -128,13 +167,19 @@ fn convert_build(envelope: &Envelope, build: Build, raw: &str) -> Result<Outcome
     }]))
 }
 
-fn convert_release(envelope: &Envelope, release: Release, raw: &str) -> Result<Outcome, ParseError> {
+fn convert_release(
+    envelope: &Envelope,
+    release: Release,
+    raw: &str,
+) -> Result<Outcome, ParseError> {
     let action = envelope.action.as_str();
     let status = release.status.as_deref().unwrap_or_default();
     let shown_version = release.version.map(version);
     let name = shown_version.as_deref().unwrap_or("release");
     if action != "update" && action != "create" {
-        return Ok(Outcome::Ignored(format!("release {action} events are not converted")));
+        return Ok(Outcome::Ignored(format!(
+            "release {action} events are not converted"
+        )));
     }
     let current = release.current == Some(true);
     let deployed = status == "succeeded" && current;
@@ -143,17 +188,31 @@ fn convert_release(envelope: &Envelope, release: Release, raw: &str) -> Result<O
         return Ok(Outcome::Ignored(format!("release {name} is not current")));
     }
     if !deployed && !failed {
-        return Ok(Outcome::Ignored(format!("release {name} status {status:?} is not converted")));
+        return Ok(Outcome::Ignored(format!(
+            "release {name} status {status:?} is not converted"
+        )));
     }
-    let id = release.id.as_deref().ok_or_else(|| ParseError("`data.id` is missing".into()))?;
-    let app = release.app.as_ref().and_then(|app| app.name.as_deref()).unwrap_or_default();
+    let id = release
+        .id
+        .as_deref()
+        .ok_or_else(|| ParseError("`data.id` is missing".into()))?;
+    let app = release
+        .app
+        .as_ref()
+        .and_then(|app| app.name.as_deref())
+        .unwrap_or_default();
 
-    let (started_at, updated_at) =
-        times(envelope, release.created_at.as_deref(), release.updated_at.as_deref())?;
+    let (started_at, updated_at) = times(
+        envelope,
+        release.created_at.as_deref(),
+        release.updated_at.as_deref(),
+    )?;
 
     let description = match release.description.as_deref().map(str::trim) {
         Some(text) if !text.is_empty() => text.to_string(),
-        _ => shown_version.clone().unwrap_or_else(|| format!("release {id}")),
+        _ => shown_version
+            .clone()
+            .unwrap_or_else(|| format!("release {id}")),
     };
     let summary = if failed {
         format!("[Heroku][Release] {description} (failed)")
@@ -166,13 +225,32 @@ fn convert_release(envelope: &Envelope, release: Release, raw: &str) -> Result<O
         pair("kind", "release"),
         pair("status", status),
     ];
-    push_some(&mut labels, "stack", release.stack.as_ref().and_then(|stack| stack.name()));
-    push_some(&mut labels, "user", user_email(envelope, release.user.as_ref()));
+    push_some(
+        &mut labels,
+        "stack",
+        release.stack.as_ref().and_then(|stack| stack.name()),
+    );
+    push_some(
+        &mut labels,
+        "user",
+        user_email(envelope, release.user.as_ref()),
+    );
 
     let mut refs = vec![pair("release_id", id)];
     push_some(&mut refs, "release_version", shown_version.as_deref());
-    push_some(&mut refs, "commit", release.slug.as_ref().and_then(|slug| slug.commit.as_deref()));
-    push_some(&mut refs, "slug_id", release.slug.as_ref().and_then(|slug| slug.id.as_deref()));
+    push_some(
+        &mut refs,
+        "commit",
+        release
+            .slug
+            .as_ref()
+            .and_then(|slug| slug.commit.as_deref()),
+    );
+    push_some(
+        &mut refs,
+        "slug_id",
+        release.slug.as_ref().and_then(|slug| slug.id.as_deref()),
+    );
     push_some(&mut refs, "event_id", envelope.id.as_deref());
 
     Ok(Outcome::Pulses(vec![Pulse {
@@ -213,12 +291,13 @@ fn times(
     Ok((started, updated.unwrap_or(started)))
 }
 
-fn user_email<'a>(
-    envelope: &'a Envelope,
-    user: Option<&'a event::Actor>,
-) -> Option<&'a str> {
-    user.and_then(|user| user.email.as_deref())
-        .or_else(|| envelope.actor.as_ref().and_then(|actor| actor.email.as_deref()))
+fn user_email<'a>(envelope: &'a Envelope, user: Option<&'a event::Actor>) -> Option<&'a str> {
+    user.and_then(|user| user.email.as_deref()).or_else(|| {
+        envelope
+            .actor
+            .as_ref()
+            .and_then(|actor| actor.email.as_deref())
+    })
 }
 
 fn version(number: u64) -> String {

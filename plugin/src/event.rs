@@ -214,15 +214,24 @@ mod tests {
     fn three_timestamp_shapes_parse() {
         assert_eq!(
             parse_timestamp("2016-10-26T22:50:14Z", "t"),
-            Ok(Timestamp { seconds: 1_477_522_214, nanoseconds: 0 })
+            Ok(Timestamp {
+                seconds: 1_477_522_214,
+                nanoseconds: 0
+            })
         );
         assert_eq!(
             parse_timestamp("2023-08-03T10:00:30.693808Z", "t"),
-            Ok(Timestamp { seconds: 1_691_056_830, nanoseconds: 693_808_000 })
+            Ok(Timestamp {
+                seconds: 1_691_056_830,
+                nanoseconds: 693_808_000
+            })
         );
         assert_eq!(
             parse_timestamp("2024-03-09T09:58:57+00:00", "t"),
-            Ok(Timestamp { seconds: 1_709_978_337, nanoseconds: 0 })
+            Ok(Timestamp {
+                seconds: 1_709_978_337,
+                nanoseconds: 0
+            })
         );
     }
 
@@ -237,7 +246,10 @@ mod tests {
     #[test]
     fn garbage_timestamp_names_the_field() {
         let err = parse_timestamp("yesterday", "data.created_at").unwrap_err();
-        assert_eq!(err.0, "`data.created_at` is not an RFC 3339 timestamp: \"yesterday\"");
+        assert_eq!(
+            err.0,
+            "`data.created_at` is not an RFC 3339 timestamp: \"yesterday\""
+        );
     }
 
     #[test]
@@ -245,11 +257,26 @@ mod tests {
         let cases: [(&[u8], &str); 7] = [
             (b"[]", "the body is not a JSON object"),
             (b"\"release\"", "the body is not a JSON object"),
-            (br#"{"action":"update","data":{}}"#, "the event has no `resource`"),
-            (br#"{"resource":"build","data":{}}"#, "the event has no `action`"),
-            (br#"{"resource":"build","action":"create"}"#, "the event has no `data`"),
-            (br#"{"resource":"build","action":"create","data":null}"#, "the event has no `data`"),
-            (br#"{"resource":"build","action":"create","data":[1]}"#, "`data` is not a JSON object"),
+            (
+                br#"{"action":"update","data":{}}"#,
+                "the event has no `resource`",
+            ),
+            (
+                br#"{"resource":"build","data":{}}"#,
+                "the event has no `action`",
+            ),
+            (
+                br#"{"resource":"build","action":"create"}"#,
+                "the event has no `data`",
+            ),
+            (
+                br#"{"resource":"build","action":"create","data":null}"#,
+                "the event has no `data`",
+            ),
+            (
+                br#"{"resource":"build","action":"create","data":[1]}"#,
+                "`data` is not a JSON object",
+            ),
         ];
         for (body, message) in cases {
             assert_eq!(parse_envelope(body).unwrap_err().0, message, "{body:?}");
@@ -258,23 +285,39 @@ mod tests {
 
     #[test]
     fn invalid_utf8_and_broken_json_are_refused() {
-        assert_eq!(parse_envelope(b"{\"a\":\"\xff\"}").unwrap_err().0, "the body is not UTF-8");
-        assert!(parse_envelope(b"{\"a\":").unwrap_err().0.starts_with("the body is not JSON"));
+        assert_eq!(
+            parse_envelope(b"{\"a\":\"\xff\"}").unwrap_err().0,
+            "the body is not UTF-8"
+        );
+        assert!(
+            parse_envelope(b"{\"a\":")
+                .unwrap_err()
+                .0
+                .starts_with("the body is not JSON")
+        );
     }
 
     #[test]
     fn wrong_type_names_the_field() {
         let data = serde_json::json!({"version": "12"});
         let err = typed::<Release>(data, "data").unwrap_err();
-        assert!(err.0.starts_with("`data.version`: invalid type: string \"12\""), "{}", err.0);
+        assert!(
+            err.0
+                .starts_with("`data.version`: invalid type: string \"12\""),
+            "{}",
+            err.0
+        );
     }
 
     #[test]
     fn stack_is_a_name_or_an_object() {
         let build: Build = typed(serde_json::json!({"stack": "heroku-24"}), "data").unwrap();
         assert_eq!(build.stack.unwrap().name(), Some("heroku-24"));
-        let release: Release =
-            typed(serde_json::json!({"stack": {"id": "x", "name": "heroku-22"}}), "data").unwrap();
+        let release: Release = typed(
+            serde_json::json!({"stack": {"id": "x", "name": "heroku-22"}}),
+            "data",
+        )
+        .unwrap();
         assert_eq!(release.stack.unwrap().name(), Some("heroku-22"));
     }
 }

@@ -29,9 +29,8 @@ pub fn handle<'a, H>(
 where
     H: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let unauthenticated = |err: signature::SignatureError| {
-        DeliveryError::Unauthenticated(err.to_string())
-    };
+    let unauthenticated =
+        |err: signature::SignatureError| DeliveryError::Unauthenticated(err.to_string());
     let header = signature::find(headers).map_err(unauthenticated)?;
     signature::verify(secret, header, body).map_err(unauthenticated)?;
 

@@ -116,13 +116,19 @@ mod tests {
 
     #[test]
     fn header_is_found_case_insensitively() {
-        let headers = [("content-type", "application/json"), ("heroku-webhook-hmac-sha256", "x")];
+        let headers = [
+            ("content-type", "application/json"),
+            ("heroku-webhook-hmac-sha256", "x"),
+        ];
         assert_eq!(find(headers), Ok("x"));
     }
 
     #[test]
     fn missing_header_is_reported() {
-        assert_eq!(find([("content-type", "application/json")]), Err(SignatureError::Missing));
+        assert_eq!(
+            find([("content-type", "application/json")]),
+            Err(SignatureError::Missing)
+        );
     }
 
     #[test]

@@ -13,9 +13,17 @@ fn fixture(name: &str) -> Vec<u8> {
 
 fn deliver_to(apps: &[&str], body: &[u8]) -> Result<Outcome, DeliveryError> {
     let apps: Vec<String> = apps.iter().map(|app| app.to_string()).collect();
-    let scope = Scope { integration: "acme", apps: &apps };
+    let scope = Scope {
+        integration: "acme",
+        apps: &apps,
+    };
     let sig = signature::sign(SECRET, body);
-    handle(scope, SECRET, [("Content-Type", "application/json"), (HEADER, sig.as_str())], body)
+    handle(
+        scope,
+        SECRET,
+        [("Content-Type", "application/json"), (HEADER, sig.as_str())],
+        body,
+    )
 }
 
 fn deliver(name: &str) -> Result<Outcome, DeliveryError> {
@@ -41,7 +49,9 @@ fn at(text: &str) -> Timestamp {
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
-    list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -52,7 +62,10 @@ fn every_heroku_example_parses_into_a_pulse_or_a_reason() {
         let path = entry.unwrap().path();
         let body = std::fs::read(&path).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let app = value["data"]["app"]["name"].as_str().unwrap_or("none").to_string();
+        let app = value["data"]["app"]["name"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string();
         let outcome = deliver_to(&[app.as_str()], &body);
         let name = path.file_name().unwrap().to_str().unwrap().to_string();
         match (name.as_str(), outcome) {
@@ -68,7 +81,11 @@ fn every_heroku_example_parses_into_a_pulse_or_a_reason() {
             }
             (_, Ok(Outcome::Ignored(reason))) => {
                 let resource = value["resource"].as_str().unwrap();
-                assert_eq!(reason, format!("{resource} events are not converted"), "{name}");
+                assert_eq!(
+                    reason,
+                    format!("{resource} events are not converted"),
+                    "{name}"
+                );
             }
             (_, other) => panic!("{name}: unexpected {other:?}"),
         }
@@ -102,8 +119,14 @@ fn pending_build_has_no_end_and_its_labels_and_refs() {
             ("event_id", "a0000000-0000-4000-8000-000000000001"),
         ])
     );
-    assert_eq!(pulse.correlations, pairs(&[("heroku_app_name", "billing-api")]));
-    assert_eq!(pulse.dedupe_key, "build:7f3a9c1e-5b2d-4e8f-a6c4-1d2e3f4a5b6c:pending");
+    assert_eq!(
+        pulse.correlations,
+        pairs(&[("heroku_app_name", "billing-api")])
+    );
+    assert_eq!(
+        pulse.dedupe_key,
+        "build:7f3a9c1e-5b2d-4e8f-a6c4-1d2e3f4a5b6c:pending"
+    );
     assert_eq!(pulse.raw.as_bytes(), fixture("build-create-pending.json"));
 }
 
@@ -112,9 +135,15 @@ fn succeeded_build_ends_and_refs_its_release() {
     let pulse = one_pulse("build-update-succeeded.json");
     assert_eq!(pulse.summary, "[Heroku][Build] billing-api succeeded");
     assert_eq!(pulse.ended_at, Some(at("2024-03-09T09:59:40.877Z")));
-    assert_eq!(pulse.reference("release_id"), Some("d1e2f3a4-0000-4000-8000-000000000042"));
+    assert_eq!(
+        pulse.reference("release_id"),
+        Some("d1e2f3a4-0000-4000-8000-000000000042")
+    );
     assert_eq!(pulse.reference("release_version"), Some("v42"));
-    assert_eq!(pulse.dedupe_key, "build:7f3a9c1e-5b2d-4e8f-a6c4-1d2e3f4a5b6c:succeeded");
+    assert_eq!(
+        pulse.dedupe_key,
+        "build:7f3a9c1e-5b2d-4e8f-a6c4-1d2e3f4a5b6c:succeeded"
+    );
 }
 
 #[test]
@@ -123,7 +152,10 @@ fn failed_build_takes_its_commit_from_the_slug_and_has_no_stack() {
     assert_eq!(pulse.summary, "[Heroku][Build] billing-api failed");
     assert_eq!(pulse.label("status"), Some("failed"));
     assert_eq!(pulse.label("stack"), None);
-    assert_eq!(pulse.reference("commit"), Some("0123456789abcdef0123456789abcdef01234567"));
+    assert_eq!(
+        pulse.reference("commit"),
+        Some("0123456789abcdef0123456789abcdef01234567")
+    );
     assert_eq!(pulse.ended_at, Some(at("2024-03-09T10:03:11Z")));
 }
 
@@ -152,13 +184,22 @@ fn deployed_release_is_a_pulse() {
             ("event_id", "b0000000-0000-4000-8000-000000000003"),
         ])
     );
-    assert_eq!(pulse.dedupe_key, "release:d1e2f3a4-0000-4000-8000-000000000042:succeeded");
+    assert_eq!(
+        pulse.dedupe_key,
+        "release:d1e2f3a4-0000-4000-8000-000000000042:succeeded"
+    );
 }
 
 #[test]
 fn release_create_and_intermediate_update_are_not_current() {
-    assert_eq!(ignored(deliver("release-create-pending.json")), "release v42 is not current");
-    assert_eq!(ignored(deliver("release-update-intermediate.json")), "release v42 is not current");
+    assert_eq!(
+        ignored(deliver("release-create-pending.json")),
+        "release v42 is not current"
+    );
+    assert_eq!(
+        ignored(deliver("release-update-intermediate.json")),
+        "release v42 is not current"
+    );
 }
 
 #[test]
@@ -166,7 +207,10 @@ fn failed_release_says_so() {
     let pulse = one_pulse("release-update-failed.json");
     assert_eq!(pulse.summary, "[Heroku][Release] Deploy 7a8b9c0d (failed)");
     assert_eq!(pulse.label("status"), Some("failed"));
-    assert_eq!(pulse.dedupe_key, "release:d1e2f3a4-0000-4000-8000-000000000044:failed");
+    assert_eq!(
+        pulse.dedupe_key,
+        "release:d1e2f3a4-0000-4000-8000-000000000044:failed"
+    );
 }
 
 #[test]
@@ -186,13 +230,22 @@ fn nulls_where_examples_have_values_still_convert() {
 
 #[test]
 fn dyno_lifecycle_events_are_acknowledged_and_ignored() {
-    assert_eq!(ignored(deliver("dyno-lifecycle-down.json")), "dyno events are not converted");
+    assert_eq!(
+        ignored(deliver("dyno-lifecycle-down.json")),
+        "dyno events are not converted"
+    );
 }
 
 #[test]
 fn unlisted_app_is_ignored_with_a_reason() {
-    let reason = ignored(deliver_to(&["payments"], &fixture("release-update-deployed.json")));
-    assert_eq!(reason, "app billing-api is not monitored by integration acme");
+    let reason = ignored(deliver_to(
+        &["payments"],
+        &fixture("release-update-deployed.json"),
+    ));
+    assert_eq!(
+        reason,
+        "app billing-api is not monitored by integration acme"
+    );
 }
 
 #[test]
@@ -207,20 +260,32 @@ fn empty_app_list_ignores_everything() {
 fn app_may_be_listed_by_id() {
     let body = fixture("release-update-deployed.json");
     let outcome = deliver_to(&["4a4d3b52-1ad1-4f3c-9a8b-2f0c4b9d7e11"], &body).unwrap();
-    assert!(matches!(outcome, Outcome::Pulses(ref p) if p.len() == 1), "{outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::Pulses(ref p) if p.len() == 1),
+        "{outcome:?}"
+    );
 }
 
 #[test]
 fn app_names_match_case_sensitively() {
-    let reason = ignored(deliver_to(&["Billing-API"], &fixture("release-update-deployed.json")));
-    assert_eq!(reason, "app billing-api is not monitored by integration acme");
+    let reason = ignored(deliver_to(
+        &["Billing-API"],
+        &fixture("release-update-deployed.json"),
+    ));
+    assert_eq!(
+        reason,
+        "app billing-api is not monitored by integration acme"
+    );
 }
 
 #[test]
 fn bad_signature_is_refused_before_parsing() {
     let body = b"this is not json";
     let headers = [(HEADER, "Ic1Txq9396O+EtPi4lTs9PiOWAE1lxjnBnHJFC9tHbg=")];
-    let scope = Scope { integration: "acme", apps: &[] };
+    let scope = Scope {
+        integration: "acme",
+        apps: &[],
+    };
     assert_eq!(
         handle(scope, SECRET, headers, body),
         Err(DeliveryError::Unauthenticated(
@@ -233,7 +298,10 @@ fn bad_signature_is_refused_before_parsing() {
 
 #[test]
 fn missing_signature_is_refused() {
-    let scope = Scope { integration: "acme", apps: &[] };
+    let scope = Scope {
+        integration: "acme",
+        apps: &[],
+    };
     let body = fixture("release-update-deployed.json");
     assert_eq!(
         handle(scope, SECRET, [("Content-Type", "application/json")], &body),
@@ -246,18 +314,30 @@ fn missing_signature_is_refused() {
 #[test]
 fn wrong_field_types_are_malformed_and_name_the_field() {
     let cases = [
-        (r#"{"resource":"release","action":"update","data":{"version":"42","app":{"name":"billing-api"}}}"#,
-            "`data.version`: invalid type: string \"42\", expected u64"),
-        (r#"{"resource":"release","action":"update","data":{"current":"yes","app":{"name":"billing-api"}}}"#,
-            "`data.current`: invalid type: string \"yes\", expected a boolean"),
-        (r#"{"resource":"build","action":"create","data":{"app":{"name":7}}}"#,
-            "`data.app.name`: invalid type: integer `7`, expected a string"),
-        (r#"{"resource":"build","action":"create","data":{"status":"pending","id":"b"}}"#,
-            "`data.app.name` is missing"),
-        (r#"{"resource":5,"action":"update","data":{}}"#,
-            "`resource`: invalid type: integer `5`, expected a string"),
-        (r#"{"resource":"build","action":"create","data":{"app":{"name":"billing-api"},"status":"pending","id":"b","created_at":"soon"}}"#,
-            "`data.created_at` is not an RFC 3339 timestamp: \"soon\""),
+        (
+            r#"{"resource":"release","action":"update","data":{"version":"42","app":{"name":"billing-api"}}}"#,
+            "`data.version`: invalid type: string \"42\", expected u64",
+        ),
+        (
+            r#"{"resource":"release","action":"update","data":{"current":"yes","app":{"name":"billing-api"}}}"#,
+            "`data.current`: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            r#"{"resource":"build","action":"create","data":{"app":{"name":7}}}"#,
+            "`data.app.name`: invalid type: integer `7`, expected a string",
+        ),
+        (
+            r#"{"resource":"build","action":"create","data":{"status":"pending","id":"b"}}"#,
+            "`data.app.name` is missing",
+        ),
+        (
+            r#"{"resource":5,"action":"update","data":{}}"#,
+            "`resource`: invalid type: integer `5`, expected a string",
+        ),
+        (
+            r#"{"resource":"build","action":"create","data":{"app":{"name":"billing-api"},"status":"pending","id":"b","created_at":"soon"}}"#,
+            "`data.created_at` is not an RFC 3339 timestamp: \"soon\"",
+        ),
     ];
     for (body, message) in cases {
         match deliver_to(&["billing-api"], body.as_bytes()) {

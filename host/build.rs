@@ -1,0 +1,19 @@
+//! Builds the Heroku plugin component so the host can embed it as its default plugin.
+
+use std::path::Path;
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = pulse_wasm_build::build_component(
+        "heroku-plugin",
+        &[
+            &root.join("plugin/src"),
+            &root.join("plugin/Cargo.toml"),
+            &root.join("wit"),
+        ],
+    );
+    println!(
+        "cargo:rustc-env=PULSE_HEROKU_PLUGIN_WASM={}",
+        wasm.display()
+    );
+}

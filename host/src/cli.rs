@@ -1,0 +1,330 @@
+//! The `pulse-host` command line: `serve`, and management commands that work on the data
+//! directory directly, so a person needs neither curl nor a running server.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::admin::{Admin, PulsePage, PulseQuery};
+use crate::data_dir::{DataDir, TokenSource};
+use crate::database::Database;
+use crate::server::{ServeConfig, Server};
+
+/// Heroku builds and releases as pulses next to your incidents.
+#[derive(Debug, Parser)]
+#[command(name = "pulse-host", version)]
+pub struct Cli {
+    /// Where the database, the admin token and compiled plugins live.
+    #[arg(
+        long,
+        env = "PULSE_DATA_DIR",
+        default_value = "./pulse-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+
+    /// The address `serve` listens on.
+    #[arg(
+        long,
+        env = "PULSE_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// The base URL Heroku reaches this host at (webhook URLs start with it).
+    /// Defaults to http://<listen>.
+    #[arg(long, env = "PULSE_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive webhook deliveries and serve the management API.
+    Serve(ServeArgs),
+    /// Create integrations and set the apps they monitor.
+    #[command(subcommand)]
+    Integration(IntegrationCommand),
+    /// Name services and link them to Heroku apps.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// List pulses, newest first.
+    Pulses(PulsesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Load this component instead of the built-in Heroku plugin.
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    /// The token the management API requires; generated into the data directory if unset.
+    #[arg(long, env = "PULSE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IntegrationCommand {
+    /// Create an integration, or replace the apps it monitors. Prints the webhook URL, and on
+    /// creation the webhook secret, which is not shown again.
+    Set {
+        name: String,
+        /// Heroku app names or ids; none means the integration ignores every event.
+        apps: Vec<String>,
+    },
+    /// Show an integration (without its secret).
+    Show { name: String },
+    /// List integrations.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create or update a service.
+    Set {
+        name: String,
+        /// The Heroku app whose pulses belong to this service (exact, case-sensitive).
+        #[arg(long)]
+        heroku_app: String,
+    },
+    /// List services.
+    List,
+    /// Delete a service; its pulses stay.
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct PulsesArgs {
+    /// Only pulses linked to this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// How many to show.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Continue from the cursor a previous page printed.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command, writing what a person should see to `out`.
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let public_url = cli
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", cli.listen));
+    match cli.command {
+        Command::Serve(args) => serve(&cli.data_dir, cli.listen, cli.public_url, args, out).await,
+        Command::Integration(command) => {
+            integration(&admin(&cli.data_dir, &public_url)?, command, out)
+        }
+        Command::Service(command) => service(&admin(&cli.data_dir, &public_url)?, command, out),
+        Command::Pulses(args) => pulses(&admin(&cli.data_dir, &public_url)?, args, out),
+    }
+}
+
+fn admin(data_dir: &std::path::Path, public_url: &str) -> anyhow::Result<Admin> {
+    let dir = DataDir::open(data_dir)
+        .with_context(|| format!("cannot use the data directory {}", data_dir.display()))?;
+    Ok(Admin::new(Database::open(&dir.database())?, public_url))
+}
+
+async fn serve(
+    data_dir: &std::path::Path,
+    listen: SocketAddr,
+    public_url: Option<String>,
+    args: ServeArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let mut config = ServeConfig::new(listen, data_dir.to_path_buf());
+    config.plugin = args.plugin;
+    config.public_url = public_url;
+    config.admin_token = args.admin_token;
+    let server = Server::start(config).await?;
+    if *server.token_source() == TokenSource::Generated {
+        writeln!(
+            out,
+            "Generated an admin token for the API (kept in {}/admin-token):\n\n    {}\n",
+            data_dir.display(),
+            server.admin_token()
+        )?;
+    }
+    writeln!(out, "Listening on http://{}", server.addr())?;
+    out.flush()?;
+    server.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+fn integration(
+    admin: &Admin,
+    command: IntegrationCommand,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    match command {
+        IntegrationCommand::Set { name, apps } => {
+            let (view, created) = admin.put_integration(&name, &apps)?;
+            let verb = if created { "Created" } else { "Updated" };
+            writeln!(out, "{verb} integration {}", view.name)?;
+            writeln!(out, "  apps:        {}", shown_apps(&view.apps))?;
+            writeln!(out, "  webhook URL: {}", view.webhook_url)?;
+            if let Some(secret) = &view.webhook_secret {
+                writeln!(out, "  secret:      {secret}")?;
+                writeln!(
+                    out,
+                    "\nThe secret is shown only now. Add the webhook to each app with:"
+                )?;
+                for app in view.apps.iter().chain(view.apps.is_empty().then(|| &name)) {
+                    let app = if view.apps.is_empty() {
+                        "<app>"
+                    } else {
+                        app.as_str()
+                    };
+                    writeln!(
+                        out,
+                        "  heroku webhooks:add -i api:build,api:release -l sync -u {} -s {secret} -a {app}",
+                        view.webhook_url
+                    )?;
+                }
+            }
+        }
+        IntegrationCommand::Show { name } => {
+            let view = admin.integration(&name)?;
+            writeln!(out, "{}", view.name)?;
+            writeln!(out, "  apps:        {}", shown_apps(&view.apps))?;
+            writeln!(out, "  webhook URL: {}", view.webhook_url)?;
+            writeln!(out, "  created:     {}", view.created_at)?;
+            writeln!(out, "  updated:     {}", view.updated_at)?;
+        }
+        IntegrationCommand::List => {
+            let list = admin.integrations()?;
+            if list.is_empty() {
+                writeln!(
+                    out,
+                    "No integrations yet: create one with `pulse-host integration set`."
+                )?;
+            }
+            for view in list {
+                writeln!(out, "{}  {}", view.name, shown_apps(&view.apps))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn shown_apps(apps: &[String]) -> String {
+    if apps.is_empty() {
+        "(none: every event is ignored)".into()
+    } else {
+        apps.join(", ")
+    }
+}
+
+fn service(
+    admin: &Admin,
+    command: ServiceCommand,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    match command {
+        ServiceCommand::Set { name, heroku_app } => {
+            let (service, created) = admin.put_service(&name, &heroku_app)?;
+            let verb = if created { "Created" } else { "Updated" };
+            writeln!(
+                out,
+                "{verb} service {} (Heroku app {})",
+                service.name, service.heroku_app_name
+            )?;
+        }
+        ServiceCommand::List => {
+            let services = admin.services()?;
+            if services.is_empty() {
+                writeln!(
+                    out,
+                    "No services yet: add one with `pulse-host service set`."
+                )?;
+                return Ok(());
+            }
+            let width = services
+                .iter()
+                .map(|s| s.name.len())
+                .max()
+                .unwrap_or(0)
+                .max(7);
+            writeln!(out, "{:<width$}  HEROKU APP", "SERVICE")?;
+            for service in services {
+                writeln!(out, "{:<width$}  {}", service.name, service.heroku_app_name)?;
+            }
+        }
+        ServiceCommand::Delete { name } => {
+            admin.delete_service(&name)?;
+            writeln!(out, "Deleted service {name}")?;
+        }
+    }
+    Ok(())
+}
+
+fn pulses(admin: &Admin, args: PulsesArgs, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let query = PulseQuery {
+        service: args.service,
+        limit: Some(args.limit),
+        cursor: args.cursor,
+    };
+    let page = admin.pulses(&query)?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &page)?;
+        writeln!(out)?;
+    } else {
+        write_table(&page, out)?;
+    }
+    Ok(())
+}
+
+fn write_table(page: &PulsePage, out: &mut (dyn Write + Send)) -> std::io::Result<()> {
+    if page.pulses.is_empty() {
+        return writeln!(out, "No pulses yet.");
+    }
+    writeln!(
+        out,
+        "{:>6}  {:<20}  {:<24}  SUMMARY",
+        "ID", "STARTED", "SERVICES"
+    )?;
+    for pulse in &page.pulses {
+        let started: String = pulse.started_at.chars().take(19).collect::<String>() + "Z";
+        let services = if pulse.services.is_empty() {
+            "-".into()
+        } else {
+            pulse.services.join(",")
+        };
+        writeln!(
+            out,
+            "{:>6}  {:<20}  {:<24}  {}",
+            pulse.id, started, services, pulse.summary
+        )?;
+    }
+    if let Some(cursor) = &page.next_cursor {
+        writeln!(out, "\nMore: pulse-host pulses --cursor {cursor}")?;
+    }
+    Ok(())
+}

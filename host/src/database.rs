@@ -1,0 +1,499 @@
+//! The host's storage: integrations, the plugins' key-value spaces, services and pulses, in
+//! SQLite (WAL mode, full fsync on commit) inside the data directory.
+//!
+//! Every method is a short blocking call; async callers run them on the blocking pool. Nothing
+//! is cached in memory between calls, so several hosts could share one database later.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::model::{Integration, NewPulse, Service, StoredPulse};
+
+/// A storage failure. The message names the operation; SQL text and values are not included.
+#[derive(Debug, thiserror::Error)]
+#[error("the database failed to {operation}: {source}")]
+pub struct DatabaseError {
+    operation: &'static str,
+    #[source]
+    source: rusqlite::Error,
+}
+
+trait Context<T> {
+    fn context(self, operation: &'static str) -> Result<T, DatabaseError>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn context(self, operation: &'static str) -> Result<T, DatabaseError> {
+        self.map_err(|source| DatabaseError { operation, source })
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS integrations (
+    name        TEXT PRIMARY KEY,
+    apps        TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS plugin_kv (
+    integration TEXT NOT NULL REFERENCES integrations(name) ON DELETE CASCADE,
+    key         TEXT NOT NULL,
+    value       BLOB NOT NULL,
+    PRIMARY KEY (integration, key)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS services (
+    name            TEXT PRIMARY KEY,
+    heroku_app_name TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS services_by_app ON services (heroku_app_name);
+
+CREATE TABLE IF NOT EXISTS pulses (
+    id              INTEGER PRIMARY KEY,
+    integration     TEXT NOT NULL,
+    dedupe_key      TEXT NOT NULL,
+    summary         TEXT NOT NULL,
+    source          TEXT NOT NULL,
+    started_s       INTEGER NOT NULL,
+    started_ns      INTEGER NOT NULL,
+    ended_s         INTEGER,
+    ended_ns        INTEGER,
+    labels          TEXT NOT NULL,
+    refs            TEXT NOT NULL,
+    raw             TEXT NOT NULL,
+    received_at     TEXT NOT NULL
+) STRICT;
+-- One pulse per change: a redelivery, or a copy that arrives at the same moment, is a no-op.
+CREATE UNIQUE INDEX IF NOT EXISTS pulses_dedupe ON pulses (integration, dedupe_key);
+CREATE INDEX IF NOT EXISTS pulses_newest ON pulses (started_s DESC, started_ns DESC, id DESC);
+
+CREATE TABLE IF NOT EXISTS pulse_correlations (
+    pulse_id INTEGER NOT NULL REFERENCES pulses(id) ON DELETE CASCADE,
+    key      TEXT NOT NULL,
+    value    TEXT NOT NULL,
+    PRIMARY KEY (pulse_id, key, value)
+) STRICT;
+CREATE INDEX IF NOT EXISTS correlations_by_value ON pulse_correlations (key, value);
+";
+
+/// The correlation key that services are matched on.
+pub const APP_CORRELATION_KEY: &str = "heroku_app_name";
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// What became of a pulse handed to [`Database::insert_pulses`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Inserted {
+    /// Stored under this id.
+    New(i64),
+    /// Another pulse with the same dedupe key was already stored.
+    Duplicate,
+}
+
+/// Where a page of pulses starts: after the pulse with these sort keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub started_s: i64,
+    pub started_ns: u32,
+    pub id: i64,
+}
+
+impl Database {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Database, DatabaseError> {
+        let conn = Connection::open(path).context("open the database file")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .context("set the busy timeout")?;
+        // WAL lets readers proceed during a write; FULL makes every commit durable before we
+        // answer the request that caused it.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .context("enable WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .context("set synchronous")?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .context("enable foreign keys")?;
+        conn.execute_batch(SCHEMA).context("create the schema")?;
+        Ok(Database {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back), so a poisoned lock is safe to keep using.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The SQLite journal mode in effect (`wal` once opened).
+    pub fn journal_mode(&self) -> Result<String, DatabaseError> {
+        self.conn()
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .context("read the journal mode")
+    }
+
+    // --- integrations -------------------------------------------------------------------
+
+    /// Creates the integration with `apps` and seeds its plugin storage with `seed`, or, when
+    /// it exists, replaces its apps and leaves its storage alone. Returns whether it was
+    /// created. One statement decides, so two concurrent creations cannot both win.
+    pub fn upsert_integration(
+        &self,
+        name: &str,
+        apps: &[String],
+        seed: &[(&str, &[u8])],
+        now: &str,
+    ) -> Result<bool, DatabaseError> {
+        let apps = serde_json::to_string(apps).expect("a list of strings serializes");
+        let mut conn = self.conn();
+        let tx = conn.transaction().context("begin a transaction")?;
+        let created = tx
+            .execute(
+                "INSERT INTO integrations (name, apps, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?3) ON CONFLICT (name) DO NOTHING",
+                params![name, apps, now],
+            )
+            .context("create the integration")?
+            == 1;
+        if created {
+            for (key, value) in seed {
+                tx.execute(
+                    "INSERT INTO plugin_kv (integration, key, value) VALUES (?1, ?2, ?3)",
+                    params![name, key, value],
+                )
+                .context("seed the integration's storage")?;
+            }
+        } else {
+            tx.execute(
+                "UPDATE integrations SET apps = ?2, updated_at = ?3 WHERE name = ?1",
+                params![name, apps, now],
+            )
+            .context("update the integration")?;
+        }
+        tx.commit().context("commit the integration")?;
+        Ok(created)
+    }
+
+    /// The integration called `name`, if there is one.
+    pub fn integration(&self, name: &str) -> Result<Option<Integration>, DatabaseError> {
+        self.conn()
+            .query_row(
+                "SELECT name, apps, created_at, updated_at FROM integrations WHERE name = ?1",
+                [name],
+                integration_from_row,
+            )
+            .optional()
+            .context("read an integration")
+    }
+
+    /// Every integration, by name.
+    pub fn integrations(&self) -> Result<Vec<Integration>, DatabaseError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare("SELECT name, apps, created_at, updated_at FROM integrations ORDER BY name")
+            .context("list integrations")?;
+        let rows = statement
+            .query_map([], integration_from_row)
+            .context("list integrations")?;
+        rows.collect::<Result<_, _>>().context("list integrations")
+    }
+
+    // --- the plugins' key-value spaces ----------------------------------------------------
+
+    pub fn kv_get(&self, integration: &str, key: &str) -> Result<Option<Vec<u8>>, DatabaseError> {
+        self.conn()
+            .query_row(
+                "SELECT value FROM plugin_kv WHERE integration = ?1 AND key = ?2",
+                [integration, key],
+                |row| row.get(0),
+            )
+            .optional()
+            .context("read plugin storage")
+    }
+
+    pub fn kv_set(&self, integration: &str, key: &str, value: &[u8]) -> Result<(), DatabaseError> {
+        self.conn()
+            .execute(
+                "INSERT INTO plugin_kv (integration, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (integration, key) DO UPDATE SET value = excluded.value",
+                params![integration, key, value],
+            )
+            .context("write plugin storage")?;
+        Ok(())
+    }
+
+    pub fn kv_delete(&self, integration: &str, key: &str) -> Result<(), DatabaseError> {
+        self.conn()
+            .execute(
+                "DELETE FROM plugin_kv WHERE integration = ?1 AND key = ?2",
+                [integration, key],
+            )
+            .context("delete from plugin storage")?;
+        Ok(())
+    }
+
+    /// Keys starting with `prefix`, in byte order. Compares bytes rather than using LIKE, whose
+    /// wildcards and case folding would widen the match.
+    pub fn kv_keys(&self, integration: &str, prefix: &str) -> Result<Vec<String>, DatabaseError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT key FROM plugin_kv
+                 WHERE integration = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key",
+            )
+            .context("list plugin storage")?;
+        let rows = statement
+            .query_map([integration, prefix], |row| row.get(0))
+            .context("list plugin storage")?;
+        rows.collect::<Result<_, _>>()
+            .context("list plugin storage")
+    }
+
+    // --- services -------------------------------------------------------------------------
+
+    /// Creates or updates a service; returns whether it was created.
+    pub fn upsert_service(&self, name: &str, heroku_app_name: &str) -> Result<bool, DatabaseError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().context("begin a transaction")?;
+        let existed: bool = tx
+            .query_row("SELECT 1 FROM services WHERE name = ?1", [name], |_| {
+                Ok(true)
+            })
+            .optional()
+            .context("read a service")?
+            .unwrap_or(false);
+        tx.execute(
+            "INSERT INTO services (name, heroku_app_name) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET heroku_app_name = excluded.heroku_app_name",
+            [name, heroku_app_name],
+        )
+        .context("write a service")?;
+        tx.commit().context("commit a service")?;
+        Ok(!existed)
+    }
+
+    pub fn service(&self, name: &str) -> Result<Option<Service>, DatabaseError> {
+        self.conn()
+            .query_row(
+                "SELECT name, heroku_app_name FROM services WHERE name = ?1",
+                [name],
+                |row| {
+                    Ok(Service {
+                        name: row.get(0)?,
+                        heroku_app_name: row.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .context("read a service")
+    }
+
+    pub fn services(&self) -> Result<Vec<Service>, DatabaseError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare("SELECT name, heroku_app_name FROM services ORDER BY name")
+            .context("list services")?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Service {
+                    name: row.get(0)?,
+                    heroku_app_name: row.get(1)?,
+                })
+            })
+            .context("list services")?;
+        rows.collect::<Result<_, _>>().context("list services")
+    }
+
+    /// Deletes a service; returns whether it existed. Its pulses stay.
+    pub fn delete_service(&self, name: &str) -> Result<bool, DatabaseError> {
+        let deleted = self
+            .conn()
+            .execute("DELETE FROM services WHERE name = ?1", [name])
+            .context("delete a service")?;
+        Ok(deleted == 1)
+    }
+
+    // --- pulses ---------------------------------------------------------------------------
+
+    /// Stores the pulses of one delivery in one transaction, committed (and fsynced) before
+    /// this returns. A pulse whose dedupe key the integration already has is skipped.
+    pub fn insert_pulses(
+        &self,
+        integration: &str,
+        pulses: &[NewPulse],
+        received_at: &str,
+    ) -> Result<Vec<Inserted>, DatabaseError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().context("begin a transaction")?;
+        let mut results = Vec::with_capacity(pulses.len());
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO pulses (integration, dedupe_key, summary, source, started_s,
+                         started_ns, ended_s, ended_ns, labels, refs, raw, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (integration, dedupe_key) DO NOTHING",
+                )
+                .context("store a pulse")?;
+            let mut correlate = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO pulse_correlations (pulse_id, key, value)
+                     VALUES (?1, ?2, ?3)",
+                )
+                .context("store a pulse's correlations")?;
+            for pulse in pulses {
+                let changed = insert
+                    .execute(params![
+                        integration,
+                        pulse.dedupe_key,
+                        pulse.summary,
+                        pulse.source,
+                        pulse.started_at.0,
+                        pulse.started_at.1,
+                        pulse.ended_at.map(|t| t.0),
+                        pulse.ended_at.map(|t| t.1),
+                        serde_json::to_string(&pulse.labels).expect("labels serialize"),
+                        serde_json::to_string(&pulse.refs).expect("refs serialize"),
+                        pulse.raw,
+                        received_at,
+                    ])
+                    .context("store a pulse")?;
+                if changed == 0 {
+                    results.push(Inserted::Duplicate);
+                    continue;
+                }
+                let id = tx.last_insert_rowid();
+                for (key, value) in &pulse.correlations {
+                    correlate
+                        .execute(params![id, key, value])
+                        .context("store a pulse's correlations")?;
+                }
+                results.push(Inserted::New(id));
+            }
+        }
+        tx.commit().context("commit pulses")?;
+        Ok(results)
+    }
+
+    /// A page of pulses, newest first (by start time, then by id), optionally only those
+    /// linked to `service`. Returns the page and the cursor of the page after it, if any.
+    pub fn pulses(
+        &self,
+        service: Option<&str>,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<(Vec<StoredPulse>, Option<Cursor>), DatabaseError> {
+        let conn = self.conn();
+        let (after_s, after_ns, after_id) = match after {
+            Some(c) => (Some(c.started_s), Some(c.started_ns), Some(c.id)),
+            None => (None, None, None),
+        };
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT p.id, p.summary, p.source, p.started_s, p.started_ns, p.ended_s,
+                        p.ended_ns, p.labels, p.refs, p.integration
+                 FROM pulses p
+                 WHERE (?1 IS NULL OR EXISTS (
+                         SELECT 1 FROM pulse_correlations c
+                         JOIN services s ON s.heroku_app_name = c.value
+                         WHERE c.pulse_id = p.id AND c.key = ?5 AND s.name = ?1))
+                   AND (?2 IS NULL OR (p.started_s, p.started_ns, p.id) < (?2, ?3, ?4))
+                 ORDER BY p.started_s DESC, p.started_ns DESC, p.id DESC
+                 LIMIT ?6",
+            )
+            .context("list pulses")?;
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let rows = statement
+            .query_map(
+                params![
+                    service,
+                    after_s,
+                    after_ns,
+                    after_id,
+                    APP_CORRELATION_KEY,
+                    fetch
+                ],
+                pulse_from_row,
+            )
+            .context("list pulses")?;
+        let mut pulses: Vec<StoredPulse> = rows.collect::<Result<_, _>>().context("list pulses")?;
+
+        let next = if pulses.len() > limit {
+            pulses.truncate(limit);
+            pulses.last().map(|last| Cursor {
+                started_s: last.started_at.0,
+                started_ns: last.started_at.1,
+                id: last.id,
+            })
+        } else {
+            None
+        };
+
+        let mut linked = conn
+            .prepare_cached(
+                "SELECT DISTINCT s.name FROM pulse_correlations c
+                 JOIN services s ON s.heroku_app_name = c.value
+                 WHERE c.pulse_id = ?1 AND c.key = ?2 ORDER BY s.name",
+            )
+            .context("list a pulse's services")?;
+        for pulse in &mut pulses {
+            let names = linked
+                .query_map(params![pulse.id, APP_CORRELATION_KEY], |row| row.get(0))
+                .context("list a pulse's services")?;
+            pulse.services = names
+                .collect::<Result<_, _>>()
+                .context("list a pulse's services")?;
+        }
+        Ok((pulses, next))
+    }
+
+    /// The raw event a pulse was made from.
+    pub fn pulse_raw(&self, id: i64) -> Result<Option<String>, DatabaseError> {
+        self.conn()
+            .query_row("SELECT raw FROM pulses WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()
+            .context("read a pulse")
+    }
+}
+
+fn integration_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Integration> {
+    let apps: String = row.get(1)?;
+    Ok(Integration {
+        name: row.get(0)?,
+        // Only this module writes the column, always as a JSON list of strings.
+        apps: serde_json::from_str(&apps).unwrap_or_default(),
+        created_at: row.get(2)?,
+        updated_at: row.get(3)?,
+    })
+}
+
+fn pulse_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredPulse> {
+    let ended = match (row.get::<_, Option<i64>>(5)?, row.get::<_, Option<u32>>(6)?) {
+        (Some(s), Some(ns)) => Some((s, ns)),
+        _ => None,
+    };
+    let labels: String = row.get(7)?;
+    let refs: String = row.get(8)?;
+    Ok(StoredPulse {
+        id: row.get(0)?,
+        summary: row.get(1)?,
+        source: row.get(2)?,
+        started_at: (row.get(3)?, row.get(4)?),
+        ended_at: ended,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        refs: serde_json::from_str(&refs).unwrap_or_default(),
+        integration: row.get(9)?,
+        services: Vec::new(),
+    })
+}

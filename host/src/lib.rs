@@ -1,0 +1,17 @@
+//! `pulse-host`: loads integration plugins (WASI 0.2 components) with wasmtime and gives
+//! them what they may not do themselves: storage and logging now, HTTP, Slack and the
+//! incident timeline later. It serves the webhook endpoint, the management API and the CLI.
+//!
+//! Embedders start a [`Server`] with a [`ServeConfig`]; the [`sandbox`] module alone runs
+//! plugins for hosts with their own HTTP stack.
+
+pub mod admin;
+pub mod cli;
+pub mod data_dir;
+pub mod database;
+pub mod model;
+pub mod sandbox;
+pub mod server;
+mod webhook;
+
+pub use server::{HEROKU_PLUGIN, ServeConfig, Server, StartError};

@@ -1,0 +1,226 @@
+//! The host's records: integrations, services and pulses, and the rules for the names and
+//! values people and plugins give us.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// One connected Heroku account and the apps it monitors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Integration {
+    pub name: String,
+    pub apps: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Something incidents are about, linked to pulses by its Heroku app name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub heroku_app_name: String,
+}
+
+/// Seconds and nanoseconds since the Unix epoch, UTC.
+pub type UnixTime = (i64, u32);
+
+/// A pulse a plugin made, checked and ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPulse {
+    pub summary: String,
+    pub source: String,
+    pub started_at: UnixTime,
+    pub ended_at: Option<UnixTime>,
+    pub labels: BTreeMap<String, String>,
+    pub refs: BTreeMap<String, String>,
+    pub correlations: Vec<(String, String)>,
+    pub dedupe_key: String,
+    pub raw: String,
+}
+
+/// A stored pulse as the API lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPulse {
+    pub id: i64,
+    pub integration: String,
+    pub summary: String,
+    pub source: String,
+    pub started_at: UnixTime,
+    pub ended_at: Option<UnixTime>,
+    pub labels: BTreeMap<String, String>,
+    pub refs: BTreeMap<String, String>,
+    pub services: Vec<String>,
+}
+
+/// A name or value that breaks one of the rules below; the message says which.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// Integration and service names: they appear in URLs and file-free paths, so they are
+/// limited to letters, digits, `-`, `_` and `.`, start with a letter or digit, and are at
+/// most 64 characters long.
+pub fn check_name(kind: &str, name: &str) -> Result<(), Invalid> {
+    let valid = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "{kind} name {:?} is not valid: use 1 to 64 letters, digits, '-', '_' or '.', \
+             starting with a letter or digit",
+            shorten(name)
+        )))
+    }
+}
+
+/// Heroku's app-name pattern, as the Platform API documents it.
+pub const APP_NAME_PATTERN: &str = "^[a-z][a-z0-9-]{1,28}[a-z0-9]$";
+
+/// Checks a monitored app: a Heroku app name or an app id (a UUID).
+pub fn check_app(app: &str) -> Result<(), Invalid> {
+    if is_app_name(app) || is_uuid(app) {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "{:?} is not a Heroku app name ({APP_NAME_PATTERN}) or an app id (a UUID)",
+            shorten(app)
+        )))
+    }
+}
+
+fn is_app_name(app: &str) -> bool {
+    let bytes = app.as_bytes();
+    (3..=30).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+fn is_uuid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+/// A service's Heroku app name is matched exactly against pulses, so it is kept as given;
+/// it only has to be something an app could be called.
+pub fn check_service_app(app: &str) -> Result<(), Invalid> {
+    if app.is_empty() || app.len() > 100 || app.chars().any(char::is_control) {
+        return Err(Invalid(
+            "heroku_app_name must be 1 to 100 characters with no control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Formats a Unix time as RFC 3339 in UTC, with as many fraction digits as it has.
+pub fn format_time((seconds, nanoseconds): UnixTime) -> String {
+    OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|t| t.replace_nanosecond(nanoseconds).ok())
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("@{seconds}.{nanoseconds:09}"))
+}
+
+/// Whether a Unix time is one we can show as RFC 3339 (years 0000 to 9999).
+pub fn is_representable((seconds, nanoseconds): UnixTime) -> bool {
+    nanoseconds < 1_000_000_000
+        && OffsetDateTime::from_unix_timestamp(seconds)
+            .is_ok_and(|t| (0..=9999).contains(&t.year()))
+}
+
+/// Now, as RFC 3339 in UTC.
+pub fn now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("the current time formats")
+}
+
+/// Cuts long input down for error messages, so an error never echoes 10,000 characters.
+pub fn shorten(text: &str) -> String {
+    const MAX: usize = 80;
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names_follow_herokus_pattern() {
+        for good in [
+            "billing-api",
+            "abc",
+            "a1b",
+            "a234567890123456789012345678z9",
+        ] {
+            assert_eq!(check_app(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "ab", "Billing", "1abc", "abc-", "a_b", "", "a/b", "../etc", "a\0b",
+        ] {
+            assert!(check_app(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_app("01234567-89ab-cdef-0123-456789abcdef"), Ok(()));
+    }
+
+    #[test]
+    fn bad_app_message_names_the_pattern() {
+        assert_eq!(
+            check_app("Billing").unwrap_err().0,
+            "\"Billing\" is not a Heroku app name (^[a-z][a-z0-9-]{1,28}[a-z0-9]$) \
+             or an app id (a UUID)"
+        );
+    }
+
+    #[test]
+    fn names_refuse_paths_and_quotes() {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a b",
+            "a'b",
+            "a%00",
+            &"x".repeat(65),
+        ] {
+            assert!(check_name("integration", bad).is_err(), "{bad}");
+        }
+        for good in ["acme", "Acme_prod.2", "x"] {
+            assert_eq!(check_name("integration", good), Ok(()));
+        }
+    }
+
+    #[test]
+    fn times_format_as_rfc3339_utc() {
+        assert_eq!(format_time((1_709_978_337, 0)), "2024-03-09T09:58:57Z");
+        assert_eq!(
+            format_time((1_691_056_830, 693_808_000)),
+            "2023-08-03T10:00:30.693808Z"
+        );
+        assert!(is_representable((0, 0)));
+        assert!(!is_representable((i64::MAX, 0)));
+        assert!(!is_representable((0, 1_000_000_000)));
+    }
+
+    #[test]
+    fn long_input_is_shortened_in_messages() {
+        assert_eq!(shorten(&"é".repeat(100)).chars().count(), 83);
+        assert_eq!(shorten("short"), "short");
+    }
+}

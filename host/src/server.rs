@@ -1,0 +1,489 @@
+//! `pulse-host serve`: the HTTP server that takes webhook deliveries and the management API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::admin::{Admin, AdminError, PulseQuery};
+use crate::data_dir::{DataDir, TokenSource};
+use crate::database::Database;
+use crate::sandbox::{Limits, Plugin, Runtime};
+use crate::webhook;
+
+/// The Heroku plugin this host was built with.
+pub static HEROKU_PLUGIN: &[u8] = include_bytes!(env!("PULSE_HEROKU_PLUGIN_WASM"));
+
+/// The largest management API request body.
+const MAX_API_BODY_BYTES: usize = 64 << 10;
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// A component to load instead of the built-in Heroku plugin.
+    pub plugin: Option<PathBuf>,
+    /// The base URL Heroku reaches this host at; `http://{listen}` when not given.
+    pub public_url: Option<String>,
+    /// The admin token; generated into the data directory when not given.
+    pub admin_token: Option<String>,
+    pub limits: Limits,
+}
+
+impl ServeConfig {
+    /// The defaults of `pulse-host serve`, on `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServeConfig {
+        ServeConfig {
+            listen,
+            data_dir,
+            plugin: None,
+            public_url: None,
+            admin_token: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// State shared by every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) admin: Admin,
+    pub(crate) plugin: Plugin,
+    admin_token: Arc<str>,
+}
+
+/// A server that is listening.
+pub struct Server {
+    addr: SocketAddr,
+    admin_token: String,
+    token_source: TokenSource,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    _runtime: Arc<Runtime>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] crate::database::DatabaseError),
+    #[error(transparent)]
+    Plugin(#[from] crate::sandbox::LoadError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl Server {
+    /// Opens the data directory, loads the plugin and starts listening. Returns once the
+    /// listener is bound, so requests can be sent as soon as this returns.
+    pub async fn start(config: ServeConfig) -> Result<Server, StartError> {
+        let data_error = |source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        };
+        let data_dir = DataDir::open(&config.data_dir).map_err(data_error)?;
+        let database = Database::open(&data_dir.database())?;
+        let (admin_token, token_source) = data_dir
+            .admin_token(config.admin_token.as_deref())
+            .map_err(data_error)?;
+
+        let runtime = Arc::new(Runtime::new(config.limits)?);
+        let plugin = match &config.plugin {
+            Some(path) => runtime.load_file(path, &data_dir.compiled())?,
+            None => runtime.load(HEROKU_PLUGIN, &data_dir.compiled())?,
+        };
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+
+        let state = AppState {
+            admin: Admin::new(database, &public_url),
+            plugin,
+            admin_token: admin_token.clone().into(),
+        };
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let app = router(state);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(
+            %addr,
+            data_dir = %config.data_dir.display(),
+            allocation = ?runtime.allocation(),
+            "pulse-host listening"
+        );
+        Ok(Server {
+            addr,
+            admin_token,
+            token_source,
+            shutdown: Some(shutdown),
+            task,
+            _runtime: runtime,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin token the API expects.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Where the admin token came from; `Generated` means this start created it.
+    pub fn token_source(&self) -> &TokenSource {
+        &self.token_source
+    }
+
+    /// Stops accepting connections, finishes the requests in flight and returns.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.task).await.map_err(std::io::Error::other)?
+    }
+
+    /// Serves until `signal` resolves, then stops gracefully; returns early if serving fails.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        tokio::select! {
+            _ = signal => {}
+            result = &mut self.task => return result.map_err(std::io::Error::other)?,
+        }
+        self.stop().await
+    }
+}
+
+fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/integrations", get(list_integrations))
+        .route(
+            "/integrations/{name}",
+            put(put_integration).get(get_integration),
+        )
+        .route("/services", get(list_services))
+        .route("/services/{name}", put(put_service).delete(delete_service))
+        .route("/pulses", get(list_pulses))
+        .route("/pulses/{id}/raw", get(pulse_raw))
+        .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+
+    Router::new()
+        .route("/webhooks/heroku/{integration}", post(webhook::receive))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .nest("/api", api)
+        .fallback(|| async {
+            error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .layer(DefaultBodyLimit::disable())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the host failed on this request",
+            )
+        }))
+        .with_state(state)
+}
+
+/// The JSON error every endpoint answers with.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        match self {
+            AdminError::Invalid(message) => {
+                error_response(StatusCode::BAD_REQUEST, "invalid", &message)
+            }
+            AdminError::NotFound(message) => {
+                error_response(StatusCode::NOT_FOUND, "not_found", &message)
+            }
+            AdminError::Database(err) => {
+                tracing::error!(error = %err, "a management request failed");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the host's database failed; it logged why",
+                )
+            }
+        }
+    }
+}
+
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    let accepted = presented
+        .is_some_and(|token| bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())));
+    if accepted {
+        return next.run(request).await;
+    }
+    let message = if presented.is_some() {
+        "the admin token is wrong"
+    } else {
+        "send the admin token as `Authorization: Bearer <token>`"
+    };
+    let mut response = error_response(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Runs a blocking management operation off the async workers.
+async fn blocking<T, F>(state: &AppState, operation: F) -> Result<T, AdminError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Admin) -> Result<T, AdminError> + Send + 'static,
+{
+    let admin = state.admin.clone();
+    tokio::task::spawn_blocking(move || operation(&admin))
+        .await
+        .unwrap_or_else(|err| Err(AdminError::Invalid(format!("the request failed: {err}"))))
+}
+
+/// Parses a JSON request body, refusing other content types and unknown fields.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<T, Response> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|err| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            &format!("the body is not valid: {err}"),
+        )
+    })
+}
+
+fn path_error(rejection: PathRejection) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "invalid", &rejection.body_text())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrationBody {
+    apps: Vec<String>,
+}
+
+async fn put_integration(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Path(name) = match name {
+        Ok(name) => name,
+        Err(rejection) => return path_error(rejection),
+    };
+    let body: IntegrationBody = match json_body(&headers, &body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match blocking(&state, move |admin| {
+        admin.put_integration(&name, &body.apps)
+    })
+    .await
+    {
+        Ok((view, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(view)).into_response()
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn get_integration(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Path(name) = match name {
+        Ok(name) => name,
+        Err(rejection) => return path_error(rejection),
+    };
+    match blocking(&state, move |admin| admin.integration(&name)).await {
+        Ok(view) => axum::Json(view).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn list_integrations(State(state): State<AppState>) -> Response {
+    match blocking(&state, |admin| admin.integrations()).await {
+        Ok(list) => axum::Json(json!({ "integrations": list })).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    heroku_app_name: String,
+}
+
+async fn put_service(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Path(name) = match name {
+        Ok(name) => name,
+        Err(rejection) => return path_error(rejection),
+    };
+    let body: ServiceBody = match json_body(&headers, &body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    match blocking(&state, move |admin| {
+        admin.put_service(&name, &body.heroku_app_name)
+    })
+    .await
+    {
+        Ok((service, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(service)).into_response()
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn list_services(State(state): State<AppState>) -> Response {
+    match blocking(&state, |admin| admin.services()).await {
+        Ok(list) => axum::Json(json!({ "services": list })).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn delete_service(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let Path(name) = match name {
+        Ok(name) => name,
+        Err(rejection) => return path_error(rejection),
+    };
+    match blocking(&state, move |admin| admin.delete_service(&name)).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PulseParams {
+    service: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn list_pulses(
+    State(state): State<AppState>,
+    params: Result<Query<PulseParams>, QueryRejection>,
+) -> Response {
+    let Query(params) = match params {
+        Ok(params) => params,
+        Err(rejection) => {
+            return error_response(StatusCode::BAD_REQUEST, "invalid", &rejection.body_text());
+        }
+    };
+    let query = PulseQuery {
+        service: params.service,
+        limit: params.limit,
+        cursor: params.cursor,
+    };
+    match blocking(&state, move |admin| admin.pulses(&query)).await {
+        Ok(page) => axum::Json(page).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn pulse_raw(
+    State(state): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Response {
+    let Path(id) = match id {
+        Ok(id) => id,
+        Err(rejection) => return path_error(rejection),
+    };
+    match blocking(&state, move |admin| admin.pulse_raw(id)).await {
+        Ok(raw) => ([(header::CONTENT_TYPE, "application/json")], raw).into_response(),
+        Err(err) => err.into_response(),
+    }
+}

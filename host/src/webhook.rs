@@ -1,0 +1,292 @@
+//! `POST /webhooks/heroku/{integration}`: one delivery through the plugin into the database.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::database::Inserted;
+use crate::model::{self, NewPulse};
+use crate::sandbox::{CallError, Context, Delivery, DeliveryError, Header, Outcome, Pulse};
+use crate::server::{AppState, error_response};
+
+/// The largest delivery accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The most pulses one delivery may make.
+const MAX_PULSES: usize = 16;
+
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(integration): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let response = handle(&state, &integration, headers, body).await;
+    let status = response.status();
+    let shown = model::shorten(&integration);
+    tracing::info!(
+        integration = %shown,
+        status = status.as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "delivery"
+    );
+    response
+}
+
+async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) -> Response {
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            &format!("deliveries are limited to {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+
+    let database = state.admin.database().clone();
+    let lookup = {
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || database.integration(&name)).await
+    };
+    let integration = match lookup {
+        Ok(Ok(Some(integration))) => integration,
+        Ok(Ok(None)) => {
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no integration named {:?}", model::shorten(name)),
+            );
+        }
+        Ok(Err(err)) => return internal(&err.to_string()),
+        Err(err) => return internal(&err.to_string()),
+    };
+
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(err) if is_length_limit(&err) => return too_large(),
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the body could not be read",
+            );
+        }
+    };
+
+    let context = Context {
+        webhook_url: state.admin.webhook_url(&integration.name),
+        integration: integration.name,
+        apps: integration.apps,
+    };
+    let delivery = Delivery {
+        // Header values that are not UTF-8 cannot be a signature or anything we read.
+        headers: headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let value = value.to_str().ok()?;
+                Some(Header {
+                    name: name.as_str().to_string(),
+                    value: value.to_string(),
+                })
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+
+    let database = state.admin.database();
+    let outcome = match state
+        .plugin
+        .handle_delivery(database, &context, &delivery)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(CallError::Busy(slots)) => {
+            let mut response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                &format!("all {slots} plugin slots are busy; retry shortly"),
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            return response;
+        }
+        Err(err) => {
+            tracing::error!(integration = %context.integration, error = %err, "the plugin failed");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "plugin_failed",
+                "the plugin failed on this delivery; the host logged why",
+            );
+        }
+    };
+
+    match outcome {
+        Err(DeliveryError::Unauthenticated(message)) => {
+            error_response(StatusCode::UNAUTHORIZED, "unauthenticated", &message)
+        }
+        Err(DeliveryError::Malformed(message)) => {
+            error_response(StatusCode::BAD_REQUEST, "malformed", &message)
+        }
+        Err(DeliveryError::Internal(message)) => {
+            tracing::error!(integration = %context.integration, %message, "the plugin reported an error");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin_error", &message)
+        }
+        Ok(Outcome::Ignored(reason)) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ignored", "reason": reason})),
+        )
+            .into_response(),
+        Ok(Outcome::Pulses(pulses)) => store(state, &context.integration, pulses).await,
+    }
+}
+
+async fn store(state: &AppState, integration: &str, pulses: Vec<Pulse>) -> Response {
+    if pulses.is_empty() {
+        let body = json!({"status": "ignored", "reason": "the plugin made no pulses"});
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    }
+    let checked: Result<Vec<NewPulse>, String> = if pulses.len() > MAX_PULSES {
+        Err(format!(
+            "{} pulses from one delivery; the limit is {MAX_PULSES}",
+            pulses.len()
+        ))
+    } else {
+        pulses.into_iter().map(check_pulse).collect()
+    };
+    let pulses = match checked {
+        Ok(pulses) => pulses,
+        Err(reason) => {
+            tracing::error!(integration, %reason, "the plugin returned an invalid pulse");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "plugin_failed",
+                "the plugin returned an invalid pulse; the host logged why",
+            );
+        }
+    };
+
+    let database = state.admin.database().clone();
+    let integration = integration.to_string();
+    let inserted = tokio::task::spawn_blocking(move || {
+        database.insert_pulses(&integration, &pulses, &model::now())
+    })
+    .await;
+    let results = match inserted {
+        Ok(Ok(results)) => results,
+        Ok(Err(err)) => return internal(&err.to_string()),
+        Err(err) => return internal(&err.to_string()),
+    };
+    let ids: Vec<i64> = results
+        .iter()
+        .filter_map(|result| match result {
+            Inserted::New(id) => Some(*id),
+            Inserted::Duplicate => None,
+        })
+        .collect();
+    let body = if ids.is_empty() {
+        json!({"status": "duplicate"})
+    } else {
+        json!({"status": "stored", "pulse_ids": ids})
+    };
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// Checks a plugin's pulse against the host's limits: a plugin is untrusted code.
+fn check_pulse(pulse: Pulse) -> Result<NewPulse, String> {
+    fn text(field: &str, value: &str, max: usize, required: bool) -> Result<(), String> {
+        if required && value.is_empty() {
+            return Err(format!("{field} is empty"));
+        }
+        if value.len() > max {
+            return Err(format!("{field} is longer than {max} bytes"));
+        }
+        Ok(())
+    }
+    fn pairs(field: &str, list: &[crate::sandbox::KeyValue]) -> Result<(), String> {
+        if list.len() > 64 {
+            return Err(format!("{field} has more than 64 entries"));
+        }
+        for pair in list {
+            text(&format!("a key in {field}"), &pair.key, 128, true)?;
+            text(
+                &format!("{field}.{}", model::shorten(&pair.key)),
+                &pair.value,
+                2048,
+                false,
+            )?;
+        }
+        Ok(())
+    }
+    let time = |field: &str, t: crate::sandbox::Timestamp| {
+        let t = (t.seconds, t.nanoseconds);
+        if model::is_representable(t) {
+            Ok(t)
+        } else {
+            Err(format!("{field} is out of range"))
+        }
+    };
+
+    text("summary", &pulse.summary, 1024, true)?;
+    text("source", &pulse.source, 64, true)?;
+    text("dedupe-key", &pulse.dedupe_key, 512, true)?;
+    text("raw", &pulse.raw, MAX_BODY_BYTES, false)?;
+    pairs("labels", &pulse.labels)?;
+    pairs("refs", &pulse.refs)?;
+    pairs("correlations", &pulse.correlations)?;
+    let started_at = time("started-at", pulse.started_at)?;
+    let ended_at = pulse.ended_at.map(|t| time("ended-at", t)).transpose()?;
+
+    let map = |list: Vec<crate::sandbox::KeyValue>| -> BTreeMap<String, String> {
+        list.into_iter()
+            .map(|pair| (pair.key, pair.value))
+            .collect()
+    };
+    Ok(NewPulse {
+        summary: pulse.summary,
+        source: pulse.source,
+        started_at,
+        ended_at,
+        labels: map(pulse.labels),
+        refs: map(pulse.refs),
+        correlations: pulse
+            .correlations
+            .into_iter()
+            .map(|p| (p.key, p.value))
+            .collect(),
+        dedupe_key: pulse.dedupe_key,
+        raw: pulse.raw,
+    })
+}
+
+fn internal(detail: &str) -> Response {
+    tracing::error!(error = %detail, "storing a delivery failed");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the host could not store this delivery; it logged why",
+    )
+}
+
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
