@@ -129,10 +129,10 @@ async fn bad_management_input_gets_a_clear_error_and_changes_nothing() {
         ),
         (
             Method::PUT,
-            "/integrations/..",
+            "/integrations/..%2Fetc",
             json!({"apps": []}),
             StatusCode::BAD_REQUEST,
-            "integration name \"..\" is not valid: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit",
+            "integration name \"../etc\" is not valid: use 1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit",
         ),
         (
             Method::PUT,
