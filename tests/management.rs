@@ -196,6 +196,11 @@ async fn bad_management_input_gets_a_clear_error_and_changes_nothing() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
+    // A body above the API's 64 KiB limit.
+    let huge = json!({"heroku_app_name": "x".repeat(100 << 10)});
+    let (status, _) = host.api(Method::PUT, "/services/billing", Some(huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
     let (_, integrations) = host.api(Method::GET, "/integrations", None).await;
     assert_eq!(integrations, json!({"integrations": []}));
     let (_, services) = host.api(Method::GET, "/services", None).await;

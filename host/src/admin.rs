@@ -28,6 +28,9 @@ pub enum AdminError {
     NotFound(String),
     #[error(transparent)]
     Database(#[from] DatabaseError),
+    /// The host failed in a way the request did not cause.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl From<Invalid> for AdminError {

@@ -130,7 +130,16 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     }
 }
 
+/// Opens the data directory for a management command. A missing one is created, so an
+/// admin can set things up before the first `serve`; the path is printed to stderr then, so
+/// a mistyped `--data-dir` does not go unnoticed.
 fn admin(data_dir: &std::path::Path, public_url: &str) -> anyhow::Result<Admin> {
+    if !data_dir.exists() {
+        eprintln!(
+            "note: creating a new data directory at {}",
+            data_dir.display()
+        );
+    }
     let dir = DataDir::open(data_dir)
         .with_context(|| format!("cannot use the data directory {}", data_dir.display()))?;
     Ok(Admin::new(Database::open(&dir.database())?, public_url))
@@ -196,12 +205,13 @@ fn integration(
                     out,
                     "\nThe secret is shown only now. Add the webhook to each app with:"
                 )?;
-                for app in view.apps.iter().chain(view.apps.is_empty().then(|| &name)) {
-                    let app = if view.apps.is_empty() {
-                        "<app>"
-                    } else {
-                        app.as_str()
-                    };
+                let placeholder = ["<app>".to_string()];
+                let apps = if view.apps.is_empty() {
+                    &placeholder[..]
+                } else {
+                    &view.apps[..]
+                };
+                for app in apps {
                     writeln!(
                         out,
                         "  heroku webhooks:add -i api:build,api:release -l sync -u {} -s {secret} -a {app}",

@@ -1,5 +1,7 @@
 //! The `pulse-host` binary.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use pulse_host::cli::{self, Cli};
 use tracing_subscriber::EnvFilter;
@@ -11,6 +13,7 @@ async fn main() -> std::process::ExitCode {
             EnvFilter::try_from_env("PULSE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let cli = Cli::parse();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -140,6 +140,8 @@ impl Server {
         };
         let (shutdown, stopped) = oneshot::channel::<()>();
         let app = router(state);
+        // Limitation: there is no read timeout yet, so a client that sends its request slowly
+        // holds a connection (not a plugin slot) until it finishes or disconnects.
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -252,6 +254,14 @@ impl IntoResponse for AdminError {
             AdminError::NotFound(message) => {
                 error_response(StatusCode::NOT_FOUND, "not_found", &message)
             }
+            AdminError::Internal(detail) => {
+                tracing::error!(error = %detail, "a management request failed");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the host failed on this request; it logged why",
+                )
+            }
             AdminError::Database(err) => {
                 tracing::error!(error = %err, "a management request failed");
                 error_response(
@@ -296,14 +306,26 @@ where
     let admin = state.admin.clone();
     tokio::task::spawn_blocking(move || operation(&admin))
         .await
-        .unwrap_or_else(|err| Err(AdminError::Invalid(format!("the request failed: {err}"))))
+        .unwrap_or_else(|err| Err(AdminError::Internal(err.to_string())))
 }
 
-/// Parses a JSON request body, refusing other content types and unknown fields.
+/// Parses a JSON request body, refusing other content types, unknown fields and bodies
+/// above the limit.
 fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
-    body: &Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<T, Response> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("request bodies are limited to {MAX_API_BODY_BYTES} bytes"),
+            )
+        } else {
+            error_response(rejection.status(), "invalid", &rejection.body_text())
+        }
+    })?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -316,7 +338,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
             "send the body as JSON with `Content-Type: application/json`",
         ));
     }
-    serde_json::from_slice(body).map_err(|err| {
+    serde_json::from_slice(&body).map_err(|err| {
         error_response(
             StatusCode::BAD_REQUEST,
             "invalid",
@@ -339,13 +361,13 @@ async fn put_integration(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Path(name) = match name {
         Ok(name) => name,
         Err(rejection) => return path_error(rejection),
     };
-    let body: IntegrationBody = match json_body(&headers, &body) {
+    let body: IntegrationBody = match json_body(&headers, body) {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -397,13 +419,13 @@ async fn put_service(
     State(state): State<AppState>,
     name: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Path(name) = match name {
         Ok(name) => name,
         Err(rejection) => return path_error(rejection),
     };
-    let body: ServiceBody = match json_body(&headers, &body) {
+    let body: ServiceBody = match json_body(&headers, body) {
         Ok(body) => body,
         Err(response) => return response,
     };

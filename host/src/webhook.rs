@@ -28,14 +28,28 @@ pub async fn receive(
 ) -> Response {
     let started = Instant::now();
     let response = handle(&state, &integration, headers, body).await;
-    let status = response.status();
-    let shown = model::shorten(&integration);
+    // One line per delivery; never the body, the headers or the reason text.
+    let outcome = response
+        .extensions()
+        .get::<Logged>()
+        .map_or("refused", |outcome| outcome.0);
     tracing::info!(
-        integration = %shown,
-        status = status.as_u16(),
+        integration = %model::shorten(&integration).escape_debug(),
+        status = response.status().as_u16(),
+        outcome,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "delivery"
     );
+    response
+}
+
+/// The outcome a 200 answer reports, for the log line.
+#[derive(Clone, Copy)]
+struct Logged(&'static str);
+
+fn accepted(outcome: &'static str, body: serde_json::Value) -> Response {
+    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+    response.extensions_mut().insert(Logged(outcome));
     response
 }
 
@@ -156,7 +170,7 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
 async fn store(state: &AppState, integration: &str, pulses: Vec<Pulse>) -> Response {
     if pulses.is_empty() {
         let body = json!({"status": "ignored", "reason": "the plugin made no pulses"});
-        return (StatusCode::OK, axum::Json(body)).into_response();
+        return accepted("ignored", body);
     }
     let checked: Result<Vec<NewPulse>, String> = if pulses.len() > MAX_PULSES {
         Err(format!(
@@ -196,12 +210,11 @@ async fn store(state: &AppState, integration: &str, pulses: Vec<Pulse>) -> Respo
             Inserted::Duplicate => None,
         })
         .collect();
-    let body = if ids.is_empty() {
-        json!({"status": "duplicate"})
+    if ids.is_empty() {
+        accepted("duplicate", json!({"status": "duplicate"}))
     } else {
-        json!({"status": "stored", "pulse_ids": ids})
-    };
-    (StatusCode::OK, axum::Json(body)).into_response()
+        accepted("stored", json!({"status": "stored", "pulse_ids": ids}))
+    }
 }
 
 /// Checks a plugin's pulse against the host's limits: a plugin is untrusted code.

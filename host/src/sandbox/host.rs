@@ -14,6 +14,10 @@ const MAX_VALUE_BYTES: usize = 256 << 10;
 /// Longer log messages are cut, so a plugin cannot flood the host's log.
 const MAX_LOG_CHARS: usize = 2048;
 
+// Limitation: storage calls are short SQLite queries made on the async worker that runs the
+// call, so a slow disk delays other requests on that worker; they are not moved to the
+// blocking pool because a delivery makes only one of them.
+
 /// The state of one call: a WASI context that grants nothing, the call's limits and the
 /// integration it is for.
 pub struct CallState {
