@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -297,58 +298,108 @@ async fn require_admin(State(state): State<AppState>, request: Request, next: Ne
     response
 }
 
+/// A failed request, answered with the JSON error body.
+pub struct ApiError(Response);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(err: AdminError) -> Self {
+        ApiError(err.into_response())
+    }
+}
+
+/// A path parameter; a bad one is a JSON 400.
+struct ApiPath<T>(T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(ApiError(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &rejection.body_text(),
+            ))),
+        }
+    }
+}
+
+/// A JSON request body: another content type is a 415, a body above the limit a 413, and
+/// unknown fields or wrong types a 400 that says which.
+struct ApiJson<T>(T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError(error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            )));
+        }
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let status = rejection.status();
+                ApiError(if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    let message =
+                        format!("request bodies are limited to {MAX_API_BODY_BYTES} bytes");
+                    error_response(status, "too_large", &message)
+                } else {
+                    error_response(status, "invalid", &rejection.body_text())
+                })
+            })?;
+        serde_json::from_slice(&body).map(ApiJson).map_err(|err| {
+            let message = format!("the body is not valid: {err}");
+            ApiError(error_response(StatusCode::BAD_REQUEST, "invalid", &message))
+        })
+    }
+}
+
 /// Runs a blocking management operation off the async workers.
-async fn blocking<T, F>(state: &AppState, operation: F) -> Result<T, AdminError>
+async fn blocking<T, F>(state: &AppState, operation: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&Admin) -> Result<T, AdminError> + Send + 'static,
 {
     let admin = state.admin.clone();
-    tokio::task::spawn_blocking(move || operation(&admin))
+    let result = tokio::task::spawn_blocking(move || operation(&admin))
         .await
-        .unwrap_or_else(|err| Err(AdminError::Internal(err.to_string())))
+        .unwrap_or_else(|err| Err(AdminError::Internal(err.to_string())));
+    Ok(result?)
 }
 
-/// Parses a JSON request body, refusing other content types, unknown fields and bodies
-/// above the limit.
-fn json_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, Response> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                &format!("request bodies are limited to {MAX_API_BODY_BYTES} bytes"),
-            )
-        } else {
-            error_response(rejection.status(), "invalid", &rejection.body_text())
-        }
-    })?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with `Content-Type: application/json`",
-        ));
-    }
-    serde_json::from_slice(&body).map_err(|err| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            &format!("the body is not valid: {err}"),
-        )
-    })
-}
-
-fn path_error(rejection: PathRejection) -> Response {
-    error_response(StatusCode::BAD_REQUEST, "invalid", &rejection.body_text())
+/// 201 for something new, 200 for an update.
+fn saved(created: bool, body: impl serde::Serialize) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -359,54 +410,27 @@ struct IntegrationBody {
 
 async fn put_integration(
     State(state): State<AppState>,
-    name: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let Path(name) = match name {
-        Ok(name) => name,
-        Err(rejection) => return path_error(rejection),
-    };
-    let body: IntegrationBody = match json_body(&headers, body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    match blocking(&state, move |admin| {
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<IntegrationBody>,
+) -> Result<Response, ApiError> {
+    let (view, created) = blocking(&state, move |admin| {
         admin.put_integration(&name, &body.apps)
     })
-    .await
-    {
-        Ok((view, created)) => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            (status, axum::Json(view)).into_response()
-        }
-        Err(err) => err.into_response(),
-    }
+    .await?;
+    Ok(saved(created, view))
 }
 
 async fn get_integration(
     State(state): State<AppState>,
-    name: Result<Path<String>, PathRejection>,
-) -> Response {
-    let Path(name) = match name {
-        Ok(name) => name,
-        Err(rejection) => return path_error(rejection),
-    };
-    match blocking(&state, move |admin| admin.integration(&name)).await {
-        Ok(view) => axum::Json(view).into_response(),
-        Err(err) => err.into_response(),
-    }
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let view = blocking(&state, move |admin| admin.integration(&name)).await?;
+    Ok(axum::Json(view).into_response())
 }
 
-async fn list_integrations(State(state): State<AppState>) -> Response {
-    match blocking(&state, |admin| admin.integrations()).await {
-        Ok(list) => axum::Json(json!({ "integrations": list })).into_response(),
-        Err(err) => err.into_response(),
-    }
+async fn list_integrations(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let list = blocking(&state, |admin| admin.integrations()).await?;
+    Ok(axum::Json(json!({ "integrations": list })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -417,54 +441,27 @@ struct ServiceBody {
 
 async fn put_service(
     State(state): State<AppState>,
-    name: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let Path(name) = match name {
-        Ok(name) => name,
-        Err(rejection) => return path_error(rejection),
-    };
-    let body: ServiceBody = match json_body(&headers, body) {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    match blocking(&state, move |admin| {
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ServiceBody>,
+) -> Result<Response, ApiError> {
+    let (service, created) = blocking(&state, move |admin| {
         admin.put_service(&name, &body.heroku_app_name)
     })
-    .await
-    {
-        Ok((service, created)) => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            (status, axum::Json(service)).into_response()
-        }
-        Err(err) => err.into_response(),
-    }
+    .await?;
+    Ok(saved(created, service))
 }
 
-async fn list_services(State(state): State<AppState>) -> Response {
-    match blocking(&state, |admin| admin.services()).await {
-        Ok(list) => axum::Json(json!({ "services": list })).into_response(),
-        Err(err) => err.into_response(),
-    }
+async fn list_services(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let list = blocking(&state, |admin| admin.services()).await?;
+    Ok(axum::Json(json!({ "services": list })).into_response())
 }
 
 async fn delete_service(
     State(state): State<AppState>,
-    name: Result<Path<String>, PathRejection>,
-) -> Response {
-    let Path(name) = match name {
-        Ok(name) => name,
-        Err(rejection) => return path_error(rejection),
-    };
-    match blocking(&state, move |admin| admin.delete_service(&name)).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(err) => err.into_response(),
-    }
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    blocking(&state, move |admin| admin.delete_service(&name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]
@@ -478,34 +475,27 @@ struct PulseParams {
 async fn list_pulses(
     State(state): State<AppState>,
     params: Result<Query<PulseParams>, QueryRejection>,
-) -> Response {
-    let Query(params) = match params {
-        Ok(params) => params,
-        Err(rejection) => {
-            return error_response(StatusCode::BAD_REQUEST, "invalid", &rejection.body_text());
-        }
-    };
+) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|rejection| {
+        ApiError(error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            &rejection.body_text(),
+        ))
+    })?;
     let query = PulseQuery {
         service: params.service,
         limit: params.limit,
         cursor: params.cursor,
     };
-    match blocking(&state, move |admin| admin.pulses(&query)).await {
-        Ok(page) => axum::Json(page).into_response(),
-        Err(err) => err.into_response(),
-    }
+    let page = blocking(&state, move |admin| admin.pulses(&query)).await?;
+    Ok(axum::Json(page).into_response())
 }
 
 async fn pulse_raw(
     State(state): State<AppState>,
-    id: Result<Path<i64>, PathRejection>,
-) -> Response {
-    let Path(id) = match id {
-        Ok(id) => id,
-        Err(rejection) => return path_error(rejection),
-    };
-    match blocking(&state, move |admin| admin.pulse_raw(id)).await {
-        Ok(raw) => ([(header::CONTENT_TYPE, "application/json")], raw).into_response(),
-        Err(err) => err.into_response(),
-    }
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Response, ApiError> {
+    let raw = blocking(&state, move |admin| admin.pulse_raw(id)).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], raw).into_response())
 }

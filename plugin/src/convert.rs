@@ -121,21 +121,8 @@ fn convert_build(envelope: &Envelope, build: Build, raw: &str) -> Result<Outcome
         Some(updated_at)
     };
 
-    let mut labels = vec![
-        pair("app", app),
-        pair("kind", "build"),
-        pair("status", status),
-    ];
-    push_some(
-        &mut labels,
-        "stack",
-        build.stack.as_ref().and_then(|stack| stack.name()),
-    );
-    push_some(
-        &mut labels,
-        "user",
-        user_email(envelope, build.user.as_ref()),
-    );
+    let user = user_email(envelope, build.user.as_ref());
+    let labels = labels("build", app, status, build.stack.as_ref(), user);
 
     let mut refs = vec![pair("build_id", id)];
     let commit = build
@@ -220,21 +207,8 @@ fn convert_release(
         format!("[Heroku][Release] {description}")
     };
 
-    let mut labels = vec![
-        pair("app", app),
-        pair("kind", "release"),
-        pair("status", status),
-    ];
-    push_some(
-        &mut labels,
-        "stack",
-        release.stack.as_ref().and_then(|stack| stack.name()),
-    );
-    push_some(
-        &mut labels,
-        "user",
-        user_email(envelope, release.user.as_ref()),
-    );
+    let user = user_email(envelope, release.user.as_ref());
+    let labels = labels("release", app, status, release.stack.as_ref(), user);
 
     let mut refs = vec![pair("release_id", id)];
     push_some(&mut refs, "release_version", shown_version.as_deref());
@@ -289,6 +263,20 @@ fn times(
         .or(updated)
         .ok_or_else(|| ParseError("the event has no `created_at` or `updated_at`".into()))?;
     Ok((started, updated.unwrap_or(started)))
+}
+
+/// The labels every Heroku pulse has: app, kind and status, then stack and user when known.
+fn labels(
+    kind: &str,
+    app: &str,
+    status: &str,
+    stack: Option<&event::Stack>,
+    user: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut labels = vec![pair("app", app), pair("kind", kind), pair("status", status)];
+    push_some(&mut labels, "stack", stack.and_then(|stack| stack.name()));
+    push_some(&mut labels, "user", user);
+    labels
 }
 
 fn user_email<'a>(envelope: &'a Envelope, user: Option<&'a event::Actor>) -> Option<&'a str> {
