@@ -186,3 +186,41 @@ async fn a_file_that_is_not_a_component_is_refused_with_a_clear_error() {
         .expect("start fails");
     assert!(err.to_string().starts_with("reading the plugin"), "{err}");
 }
+
+#[tokio::test]
+async fn a_pool_that_cannot_be_reserved_falls_back_to_on_demand_allocation() {
+    // Ten million 64 MiB slots need far more address space than any machine has.
+    let limits = Limits {
+        concurrency: 10_000_000,
+        ..Limits::default()
+    };
+    let runtime = pulse_host::sandbox::Runtime::new(limits).unwrap();
+    assert_eq!(
+        runtime.allocation(),
+        pulse_host::sandbox::Allocation::OnDemand
+    );
+    drop(runtime);
+
+    let host = TestHost::start_with(Options {
+        limits: Some(limits),
+        ..Options::default()
+    })
+    .await;
+    let secret = host.integration("acme", &["billing-api"]).await;
+    let (status, answer) = host
+        .deliver("acme", &secret, &fixture("release-update-deployed.json"))
+        .await;
+    assert_eq!(
+        (status, &answer["status"]),
+        (StatusCode::OK, &json!("stored"))
+    );
+}
+
+#[tokio::test]
+async fn the_default_pool_is_reserved_here() {
+    let runtime = pulse_host::sandbox::Runtime::new(Limits::default()).unwrap();
+    assert_eq!(
+        runtime.allocation(),
+        pulse_host::sandbox::Allocation::Pooling
+    );
+}

@@ -497,3 +497,74 @@ fn pulse_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredPulse> {
         services: Vec::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pulse(key: &str, app: &str) -> NewPulse {
+        NewPulse {
+            summary: format!("pulse {key}"),
+            source: "test".into(),
+            started_at: (1_700_000_000, 0),
+            ended_at: None,
+            labels: Default::default(),
+            refs: Default::default(),
+            correlations: vec![(APP_CORRELATION_KEY.into(), app.into())],
+            dedupe_key: key.into(),
+            raw: "{}".into(),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Database::open(&dir.path().join("test.sqlite3")).unwrap();
+        (dir, database)
+    }
+
+    #[test]
+    fn opens_in_wal_mode() {
+        let (_dir, database) = open();
+        assert_eq!(database.journal_mode().unwrap(), "wal");
+    }
+
+    #[test]
+    fn dedupe_key_is_unique_per_integration() {
+        let (_dir, database) = open();
+        let now = "2026-01-01T00:00:00Z";
+        let first = database.insert_pulses("a", &[pulse("k", "app"), pulse("k", "app")], now);
+        assert_eq!(first.unwrap(), [Inserted::New(1), Inserted::Duplicate]);
+        assert_eq!(
+            database
+                .insert_pulses("a", &[pulse("k", "app")], now)
+                .unwrap(),
+            [Inserted::Duplicate]
+        );
+        assert_eq!(
+            database
+                .insert_pulses("b", &[pulse("k", "app")], now)
+                .unwrap(),
+            [Inserted::New(2)]
+        );
+    }
+
+    #[test]
+    fn plugin_keys_are_listed_by_exact_prefix() {
+        let (_dir, database) = open();
+        database.upsert_integration("a", &[], &[], "now").unwrap();
+        database.upsert_integration("b", &[], &[], "now").unwrap();
+        for key in ["hook/1", "hook/2", "Hook/3", "hooks", "h%ok/4"] {
+            database.kv_set("a", key, b"v").unwrap();
+        }
+        database.kv_set("b", "hook/9", b"v").unwrap();
+        assert_eq!(
+            database.kv_keys("a", "hook/").unwrap(),
+            ["hook/1", "hook/2"]
+        );
+        assert_eq!(database.kv_keys("a", "h%").unwrap(), ["h%ok/4"]);
+        assert_eq!(database.kv_keys("b", "").unwrap(), ["hook/9"]);
+        database.kv_delete("a", "hook/1").unwrap();
+        assert_eq!(database.kv_get("a", "hook/1").unwrap(), None);
+        assert_eq!(database.kv_get("a", "hook/2").unwrap(), Some(b"v".to_vec()));
+    }
+}
