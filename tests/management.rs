@@ -146,7 +146,7 @@ async fn bad_management_input_gets_a_clear_error_and_changes_nothing() {
             "/services/billing",
             json!({"heroku_app_name": ""}),
             StatusCode::BAD_REQUEST,
-            "heroku_app_name must be 1 to 100 characters with no control characters",
+            "heroku_app_name must be 1 to 100 printable characters, without surrounding spaces",
         ),
         (
             Method::GET,
@@ -326,4 +326,140 @@ async fn cli_manages_what_the_server_serves() {
         "[Heroku][Release] Deploy 69eec518"
     );
     assert_eq!(page["pulses"][0]["services"], json!(["billing"]));
+}
+
+#[tokio::test]
+async fn app_ids_are_kept_in_the_lowercase_heroku_sends() {
+    let host = TestHost::start().await;
+    let (status, body) = host
+        .put_integration("acme", &["4A4D3B52-1AD1-4F3C-9A8B-2F0C4B9D7E11"])
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        body["apps"],
+        json!(["4a4d3b52-1ad1-4f3c-9a8b-2f0c4b9d7e11"])
+    );
+    // The fixture's app has that id, so its release is in scope.
+    let secret = body["webhook_secret"].as_str().unwrap();
+    let (_, answer) = host
+        .deliver("acme", secret, &fixture("release-update-deployed.json"))
+        .await;
+    assert_eq!(answer["status"], "stored");
+}
+
+#[tokio::test]
+async fn every_error_is_json_even_for_routing_and_headers() {
+    let host = TestHost::start().await;
+    let cases = [
+        (
+            Method::GET,
+            "/webhooks/heroku/acme",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Method::POST,
+            "/api/services/billing",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            Method::POST,
+            "/webhooks/heroku/%FF",
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (Method::GET, "/nowhere", StatusCode::NOT_FOUND, "not_found"),
+    ];
+    for (method, path, expected, code) in cases {
+        let response = host
+            .client
+            .request(method.clone(), format!("{}{path}", host.base))
+            .bearer_auth(&host.token)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = pulse_e2e::read(response).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (expected, &json!(code)),
+            "{method} {path}"
+        );
+    }
+
+    let (status, body) = host.api(Method::GET, "/pulses?limit=-1", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["message"], "limit must be 1 to 500");
+
+    // Two Authorization headers are refused, whichever comes first.
+    for pair in [["Bearer nope", "Bearer X"], ["Bearer X", "Bearer nope"]] {
+        let good = format!("Bearer {}", host.token);
+        let headers: Vec<String> = pair
+            .iter()
+            .map(|h| {
+                if *h == "Bearer X" {
+                    good.clone()
+                } else {
+                    h.to_string()
+                }
+            })
+            .collect();
+        let response = host
+            .client
+            .get(format!("{}/api/services", host.base))
+            .header("Authorization", &headers[0])
+            .header("Authorization", &headers[1])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+}
+
+/// Sends raw bytes on a new connection and returns what the server answers before it closes
+/// the connection (or after `wait`).
+async fn raw_exchange(
+    host: &TestHost,
+    request: &[u8],
+    wait: std::time::Duration,
+) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = host.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut answer)).await;
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_declared_oversized_api_body_is_refused_before_it_arrives() {
+    let host = TestHost::start().await;
+    let request = format!(
+        "PUT /api/integrations/acme HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{{",
+        host.token
+    );
+    let (answer, _) =
+        raw_exchange(&host, request.as_bytes(), std::time::Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let host = TestHost::start().await;
+    let partial = b"POST /webhooks/heroku/acme HTTP/1.1\r\nHost: x\r\n";
+    let (answer, waited) = raw_exchange(&host, partial, std::time::Duration::from_secs(30)).await;
+    assert!(
+        waited < std::time::Duration::from_secs(20),
+        "closed after {waited:?}"
+    );
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // The server is still serving.
+    let (status, _) = host.api(Method::GET, "/services", None).await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -124,8 +124,9 @@ impl Admin {
         let mut unique: Vec<String> = Vec::with_capacity(apps.len());
         for app in apps {
             model::check_app(app)?;
-            if !unique.contains(app) {
-                unique.push(app.clone());
+            let app = model::normalize_app(app);
+            if !unique.contains(&app) {
+                unique.push(app);
             }
         }
 

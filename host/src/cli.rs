@@ -330,11 +330,46 @@ fn write_table(page: &PulsePage, out: &mut (dyn Write + Send)) -> std::io::Resul
         writeln!(
             out,
             "{:>6}  {:<20}  {:<24}  {}",
-            pulse.id, started, services, pulse.summary
+            pulse.id,
+            started,
+            printable(&services),
+            printable(&pulse.summary)
         )?;
     }
     if let Some(cursor) = &page.next_cursor {
         writeln!(out, "\nMore: pulse-host pulses --cursor {cursor}")?;
     }
     Ok(())
+}
+
+/// Text safe to print to a terminal: control characters (escape sequences, carriage
+/// returns) from events are shown escaped instead of acted on.
+fn printable(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_control_characters_are_shown_escaped() {
+        assert_eq!(
+            printable("ok\u{1b}]0;PWNED\u{7}\r\nfake"),
+            "ok\\u{1b}]0;PWNED\\u{7}\\r\\nfake"
+        );
+        assert_eq!(printable("Deploy 69eec518 ✓"), "Deploy 69eec518 ✓");
+    }
 }

@@ -116,12 +116,30 @@ fn is_uuid(text: &str) -> bool {
 /// A service's Heroku app name is matched exactly against pulses, so it is kept as given;
 /// it only has to be something an app could be called.
 pub fn check_service_app(app: &str) -> Result<(), Invalid> {
-    if app.is_empty() || app.len() > 100 || app.chars().any(char::is_control) {
+    let characters = app.chars().count();
+    let printable = !app.chars().any(|c| c.is_control() || is_invisible(c));
+    if !(1..=100).contains(&characters) || !printable || app.trim() != app {
         return Err(Invalid(
-            "heroku_app_name must be 1 to 100 characters with no control characters".into(),
+            "heroku_app_name must be 1 to 100 printable characters, without surrounding spaces"
+                .into(),
         ));
     }
     Ok(())
+}
+
+/// Formatting characters that render as nothing (or reorder text), so two names that look
+/// the same would differ.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// The form an app is stored in: app ids in lowercase, as Heroku sends them in events.
+pub fn normalize_app(app: &str) -> String {
+    if is_uuid(app) {
+        app.to_ascii_lowercase()
+    } else {
+        app.to_string()
+    }
 }
 
 /// Formats a Unix time as RFC 3339 in UTC, with as many fraction digits as it has.
@@ -204,6 +222,31 @@ mod tests {
         for good in ["acme", "Acme_prod.2", "x"] {
             assert_eq!(check_name("integration", good), Ok(()));
         }
+    }
+
+    #[test]
+    fn service_app_names_are_printable_and_trimmed() {
+        assert_eq!(check_service_app("Billing-API"), Ok(()));
+        assert_eq!(check_service_app(&"é".repeat(100)), Ok(()));
+        for bad in [
+            "",
+            " billing-api",
+            "billing-api ",
+            "x\u{202e}",
+            "a\nb",
+            &"é".repeat(101),
+        ] {
+            assert!(check_service_app(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn app_ids_are_normalized_to_lowercase() {
+        assert_eq!(
+            normalize_app("4A4D3B52-1AD1-4F3C-9A8B-2F0C4B9D7E11"),
+            "4a4d3b52-1ad1-4f3c-9a8b-2f0c4b9d7e11"
+        );
+        assert_eq!(normalize_app("billing-api"), "billing-api");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -13,12 +14,17 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::admin::{Admin, AdminError, PulseQuery};
 use crate::data_dir::{DataDir, TokenSource};
@@ -141,15 +147,7 @@ impl Server {
         };
         let (shutdown, stopped) = oneshot::channel::<()>();
         let app = router(state);
-        // Limitation: there is no read timeout yet, so a client that sends its request slowly
-        // holds a connection (not a plugin slot) until it finishes or disconnects.
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let task = tokio::spawn(accept_loop(listener, app, stopped));
         tracing::info!(
             %addr,
             data_dir = %config.data_dir.display(),
@@ -202,6 +200,62 @@ impl Server {
     }
 }
 
+/// How long a client may take to send a request's headers; also how long an idle
+/// keep-alive connection stays open.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may pause while sending a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most connections served at once. Past it, new connections wait in the listen
+/// backlog, so slow or idle clients cannot use up the process's file descriptors.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Serves HTTP/1.1 connections until `stopped` fires, then lets the requests in flight finish.
+async fn accept_loop(
+    listener: TcpListener,
+    app: Router,
+    stopped: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    tokio::pin!(stopped);
+
+    loop {
+        let permit = tokio::select! {
+            _ = &mut stopped => break,
+            permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let stream = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Running out of descriptors and similar are transient: pause, go on.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
 fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/integrations", get(list_integrations))
@@ -226,7 +280,15 @@ fn router(state: AppState) -> Router {
         .fallback(|| async {
             error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
+        .method_not_allowed_fallback(|| async {
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -276,16 +338,27 @@ impl IntoResponse for AdminError {
 }
 
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+    // A repeated header is refused rather than guessed at.
+    let presented = match (values.next(), values.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer ")),
+        _ => None,
+    };
     let accepted = presented
         .is_some_and(|token| bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())));
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
     if accepted {
-        return next.run(request).await;
+        let response = next.run(request).await;
+        if method != axum::http::Method::GET {
+            tracing::info!(%method, path = %path.escape_debug(), status = response.status().as_u16(), "api");
+        }
+        return response;
     }
+    tracing::warn!(%method, path = %path.escape_debug(), "api request refused: no valid admin token");
     let message = if presented.is_some() {
         "the admin token is wrong"
     } else {
@@ -314,7 +387,7 @@ impl From<AdminError> for ApiError {
 }
 
 /// A path parameter; a bad one is a JSON 400.
-struct ApiPath<T>(T);
+pub(crate) struct ApiPath<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiPath<T>
 where
@@ -360,18 +433,29 @@ where
                 "send the body as JSON with `Content-Type: application/json`",
             )));
         }
-        let body = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                let status = rejection.status();
-                ApiError(if status == StatusCode::PAYLOAD_TOO_LARGE {
-                    let message =
-                        format!("request bodies are limited to {MAX_API_BODY_BYTES} bytes");
-                    error_response(status, "too_large", &message)
-                } else {
-                    error_response(status, "invalid", &rejection.body_text())
-                })
-            })?;
+        let too_large = || {
+            let message = format!("request bodies are limited to {MAX_API_BODY_BYTES} bytes");
+            ApiError(error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &message,
+            ))
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > MAX_API_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let body =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+                    status => ApiError(error_response(status, "invalid", &rejection.body_text())),
+                })?;
         serde_json::from_slice(&body).map(ApiJson).map_err(|err| {
             let message = format!("the body is not valid: {err}");
             ApiError(error_response(StatusCode::BAD_REQUEST, "invalid", &message))
@@ -468,7 +552,7 @@ async fn delete_service(
 #[serde(deny_unknown_fields)]
 struct PulseParams {
     service: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
     cursor: Option<String>,
 }
 
@@ -483,9 +567,21 @@ async fn list_pulses(
             &rejection.body_text(),
         ))
     })?;
+    let limit = match params.limit.as_deref().map(str::parse::<usize>) {
+        None => None,
+        Some(Ok(limit)) => Some(limit),
+        Some(Err(_)) => {
+            let message = format!("limit must be 1 to {}", crate::admin::MAX_PAGE);
+            return Err(ApiError(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &message,
+            )));
+        }
+    };
     let query = PulseQuery {
         service: params.service,
-        limit: params.limit,
+        limit,
         cursor: params.cursor,
     };
     let page = blocking(&state, move |admin| admin.pulses(&query)).await?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::database::Inserted;
 use crate::model::{self, NewPulse};
 use crate::sandbox::{CallError, Context, Delivery, DeliveryError, Header, Outcome, Pulse};
-use crate::server::{AppState, error_response};
+use crate::server::{ApiPath, AppState, error_response};
 
 /// The largest delivery accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -22,7 +22,7 @@ const MAX_PULSES: usize = 16;
 
 pub async fn receive(
     State(state): State<AppState>,
-    Path(integration): Path<String>,
+    ApiPath(integration): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -89,7 +89,11 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
 
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
-        Err(err) if is_length_limit(&err) => return too_large(),
+        Err(err) if caused_by::<http_body_util::LengthLimitError>(&err) => return too_large(),
+        Err(err) if caused_by::<tower_http::timeout::TimeoutError>(&err) => {
+            let message = "the body arrived too slowly";
+            return error_response(StatusCode::REQUEST_TIMEOUT, "timed_out", message);
+        }
         Err(_) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
@@ -105,15 +109,12 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
         apps: integration.apps,
     };
     let delivery = Delivery {
-        // Header values that are not UTF-8 cannot be a signature or anything we read.
+        // Every header reaches the plugin; bytes that are not UTF-8 become U+FFFD.
         headers: headers
             .iter()
-            .filter_map(|(name, value)| {
-                let value = value.to_str().ok()?;
-                Some(Header {
-                    name: name.as_str().to_string(),
-                    value: value.to_string(),
-                })
+            .map(|(name, value)| Header {
+                name: name.as_str().to_string(),
+                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
             })
             .collect(),
         body: body.to_vec(),
@@ -158,11 +159,9 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
             tracing::error!(integration = %context.integration, %message, "the plugin reported an error");
             error_response(StatusCode::INTERNAL_SERVER_ERROR, "plugin_error", &message)
         }
-        Ok(Outcome::Ignored(reason)) => (
-            StatusCode::OK,
-            axum::Json(json!({"status": "ignored", "reason": reason})),
-        )
-            .into_response(),
+        Ok(Outcome::Ignored(reason)) => {
+            accepted("ignored", json!({"status": "ignored", "reason": reason}))
+        }
         Ok(Outcome::Pulses(pulses)) => store(state, &context.integration, pulses).await,
     }
 }
@@ -293,10 +292,10 @@ fn internal(detail: &str) -> Response {
     )
 }
 
-fn is_length_limit(err: &axum::Error) -> bool {
+fn caused_by<E: std::error::Error + 'static>(err: &axum::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
-        if current.is::<http_body_util::LengthLimitError>() {
+        if current.is::<E>() {
             return true;
         }
         source = current.source();

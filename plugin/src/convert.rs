@@ -9,6 +9,16 @@ pub const SOURCE: &str = "heroku";
 /// The correlation key that links a pulse to services with the same Heroku app name.
 pub const APP_CORRELATION_KEY: &str = "heroku_app_name";
 
+/// The longest text a pulse field or an ignore reason takes from an event, in characters.
+/// Events are signed by Heroku, but a field far longer than any real one is cut rather than
+/// passed on: the host refuses pulses above its limits, and reasons are for people.
+const MAX_VALUE_CHARS: usize = 256;
+const MAX_SHOWN_CHARS: usize = 80;
+
+/// The longest entity id accepted; real ids are 36-character UUIDs. Ids go into dedupe
+/// keys, so they are refused rather than cut: two long ids must not collide.
+const MAX_ID_CHARS: usize = 128;
+
 /// Which apps an integration monitors.
 #[derive(Debug, Clone, Copy)]
 pub struct Scope<'a> {
@@ -31,11 +41,13 @@ impl Scope<'_> {
         if listed(&app.name) || listed(&app.id) {
             return None;
         }
-        let shown = app
-            .name
-            .as_deref()
-            .or(app.id.as_deref())
-            .unwrap_or("(unnamed)");
+        let shown = clip(
+            app.name
+                .as_deref()
+                .or(app.id.as_deref())
+                .unwrap_or("(unnamed)"),
+            MAX_SHOWN_CHARS,
+        );
         Some(format!(
             "app {shown} is not monitored by integration {}",
             self.integration
@@ -73,7 +85,7 @@ pub fn convert(scope: Scope<'_>, mut envelope: Envelope, raw: &str) -> Result<Ou
             let reason = if other == "dyno" {
                 "dyno events are not converted".to_string()
             } else {
-                format!("{other} events are not converted")
+                format!("{} events are not converted", clip(other, MAX_SHOWN_CHARS))
             };
             Ok(Outcome::Ignored(reason))
         }
@@ -100,10 +112,7 @@ fn convert_build(envelope: &Envelope, build: Build, raw: &str) -> Result<Outcome
             "build status {status:?} is not converted"
         )));
     }
-    let id = build
-        .id
-        .as_deref()
-        .ok_or_else(|| ParseError("`data.id` is missing".into()))?;
+    let id = entity_id(build.id.as_deref())?;
     let app = build
         .app
         .as_ref()
@@ -142,7 +151,7 @@ fn convert_build(envelope: &Envelope, build: Build, raw: &str) -> Result<Outcome
     push_some(&mut refs, "event_id", envelope.id.as_deref());
 
     Ok(Outcome::Pulses(vec![Pulse {
-        summary: format!("[Heroku][Build] {app} {status}"),
+        summary: format!("[Heroku][Build] {} {status}", clip(app, MAX_VALUE_CHARS)),
         source: SOURCE.into(),
         started_at,
         ended_at,
@@ -179,10 +188,7 @@ fn convert_release(
             "release {name} status {status:?} is not converted"
         )));
     }
-    let id = release
-        .id
-        .as_deref()
-        .ok_or_else(|| ParseError("`data.id` is missing".into()))?;
+    let id = entity_id(release.id.as_deref())?;
     let app = release
         .app
         .as_ref()
@@ -196,7 +202,7 @@ fn convert_release(
     )?;
 
     let description = match release.description.as_deref().map(str::trim) {
-        Some(text) if !text.is_empty() => text.to_string(),
+        Some(text) if !text.is_empty() => clip(text, MAX_VALUE_CHARS),
         _ => shown_version
             .clone()
             .unwrap_or_else(|| format!("release {id}")),
@@ -262,7 +268,8 @@ fn times(
         .or(sent)
         .or(updated)
         .ok_or_else(|| ParseError("the event has no `created_at` or `updated_at`".into()))?;
-    Ok((started, updated.unwrap_or(started)))
+    // A change cannot end before it starts; clock skew between Heroku's services can say so.
+    Ok((started, updated.unwrap_or(started).max(started)))
 }
 
 /// The labels every Heroku pulse has: app, kind and status, then stack and user when known.
@@ -288,12 +295,31 @@ fn user_email<'a>(envelope: &'a Envelope, user: Option<&'a event::Actor>) -> Opt
     })
 }
 
+/// The entity's id, which must be present and of a sane length.
+fn entity_id(id: Option<&str>) -> Result<&str, ParseError> {
+    match id {
+        None => Err(ParseError("`data.id` is missing".into())),
+        Some(id) if id.chars().count() > MAX_ID_CHARS => Err(ParseError(format!(
+            "`data.id` is longer than {MAX_ID_CHARS} characters"
+        ))),
+        Some(id) => Ok(id),
+    }
+}
+
+/// `text` cut to at most `max` characters, marked with an ellipsis when cut.
+fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 fn version(number: u64) -> String {
     format!("v{number}")
 }
 
 fn pair(key: &str, value: &str) -> (String, String) {
-    (key.to_string(), value.to_string())
+    (key.to_string(), clip(value, MAX_VALUE_CHARS))
 }
 
 fn push_some(pairs: &mut Vec<(String, String)>, key: &str, value: Option<&str>) {

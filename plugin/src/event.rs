@@ -12,6 +12,7 @@ use crate::pulse::Timestamp;
 
 /// The envelope shared by every entity. `resource`, `action` and `data` are required.
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a Heroku webhook event object")]
 pub struct Envelope {
     /// The event id; stable across retries.
     #[serde(default)]
@@ -30,18 +31,21 @@ pub struct Envelope {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an object with an `email`")]
 pub struct Actor {
     #[serde(default)]
     pub email: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an object")]
 pub struct WebhookMetadata {
     #[serde(default)]
     pub event: Option<EventMetadata>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an object")]
 pub struct EventMetadata {
     /// The subscription's name for the event type: `api:build`, `dyno`, ...
     #[serde(default)]
@@ -50,6 +54,7 @@ pub struct EventMetadata {
 
 /// An app as events reference it.
 #[derive(Debug, Default, Deserialize)]
+#[serde(expecting = "an object with the app's `id` and `name`")]
 pub struct AppRef {
     #[serde(default)]
     pub id: Option<String>,
@@ -59,6 +64,7 @@ pub struct AppRef {
 
 /// `api:build` data.
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a build object")]
 pub struct Build {
     #[serde(default)]
     pub id: Option<String>,
@@ -83,6 +89,7 @@ pub struct Build {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an object with a `version`")]
 pub struct SourceBlob {
     /// The commit sha, for git pushes.
     #[serde(default)]
@@ -90,6 +97,7 @@ pub struct SourceBlob {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an object with the slug's `id` and `commit`")]
 pub struct SlugRef {
     #[serde(default)]
     pub id: Option<String>,
@@ -98,6 +106,7 @@ pub struct SlugRef {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "an object with the release's `id` and `version`")]
 pub struct ReleaseRef {
     #[serde(default)]
     pub id: Option<String>,
@@ -107,7 +116,7 @@ pub struct ReleaseRef {
 
 /// A stack is a plain name in builds and `{id, name}` in some other payloads.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a stack name or an object with a `name`")]
 pub enum Stack {
     Name(String),
     Object {
@@ -127,6 +136,7 @@ impl Stack {
 
 /// `api:release` data.
 #[derive(Debug, Deserialize)]
+#[serde(expecting = "a release object")]
 pub struct Release {
     #[serde(default)]
     pub id: Option<String>,
@@ -198,8 +208,15 @@ pub fn typed<T: DeserializeOwned>(value: serde_json::Value, prefix: &str) -> Res
 /// Parses the timestamp shapes seen in deliveries (`2016-10-26T22:50:14Z`,
 /// `2023-08-03T10:00:30.693808Z`, `2024-03-09T09:58:57+00:00`), or any other RFC 3339 form.
 pub fn parse_timestamp(text: &str, field: &str) -> Result<Timestamp, ParseError> {
+    let shown: String = text.chars().take(40).collect();
     let parsed = OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|_| ParseError(format!("`{field}` is not an RFC 3339 timestamp: {text:?}")))?;
+        .map_err(|_| ParseError(format!("`{field}` is not an RFC 3339 timestamp: {shown:?}")))?;
+    let utc = parsed.checked_to_offset(time::UtcOffset::UTC);
+    if !utc.is_some_and(|utc| (0..=9999).contains(&utc.year())) {
+        return Err(ParseError(format!(
+            "`{field}` is outside the years 0000 to 9999 in UTC: {shown:?}"
+        )));
+    }
     Ok(Timestamp {
         seconds: parsed.unix_timestamp(),
         nanoseconds: parsed.nanosecond(),
@@ -233,6 +250,20 @@ mod tests {
                 nanoseconds: 0
             })
         );
+    }
+
+    #[test]
+    fn timestamps_outside_four_digit_years_are_refused() {
+        for text in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"] {
+            let err = parse_timestamp(text, "data.created_at").unwrap_err();
+            assert!(
+                err.0.starts_with("`data.created_at` is outside the years"),
+                "{}",
+                err.0
+            );
+        }
+        assert!(parse_timestamp("9999-12-31T23:59:59Z", "t").is_ok());
+        assert!(parse_timestamp("0000-01-01T00:00:00Z", "t").is_ok());
     }
 
     #[test]

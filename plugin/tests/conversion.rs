@@ -346,3 +346,80 @@ fn wrong_field_types_are_malformed_and_name_the_field() {
         }
     }
 }
+
+fn with(name: &str, change: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let mut value: serde_json::Value = serde_json::from_slice(&fixture(name)).unwrap();
+    change(&mut value);
+    serde_json::to_vec(&value).unwrap()
+}
+
+#[test]
+fn overlong_fields_are_cut_to_fit_the_pulse() {
+    let body = with("release-update-deployed.json", |event| {
+        event["data"]["description"] = "D".repeat(1010).into();
+        event["data"]["stack"] = "s".repeat(3000).into();
+        event["id"] = "e".repeat(3000).into();
+    });
+    let Ok(Outcome::Pulses(pulses)) = deliver_to(&["billing-api"], &body) else {
+        panic!("expected a pulse");
+    };
+    let pulse = &pulses[0];
+    assert_eq!(
+        pulse.summary,
+        format!("[Heroku][Release] {}...", "D".repeat(256))
+    );
+    assert_eq!(
+        pulse.label("stack"),
+        Some(format!("{}...", "s".repeat(256)).as_str())
+    );
+    assert_eq!(pulse.reference("event_id").map(str::len), Some(259));
+}
+
+#[test]
+fn overlong_ids_are_malformed_rather_than_cut() {
+    let body = with("release-update-deployed.json", |event| {
+        event["data"]["id"] = "r".repeat(505).into();
+    });
+    assert_eq!(
+        deliver_to(&["billing-api"], &body),
+        Err(DeliveryError::Malformed(
+            "`data.id` is longer than 128 characters".into()
+        ))
+    );
+}
+
+#[test]
+fn reasons_do_not_echo_huge_input() {
+    let body = with("release-update-deployed.json", |event| {
+        event["resource"] = "x".repeat(10_000).into();
+    });
+    let reason = ignored(deliver_to(&["billing-api"], &body));
+    assert_eq!(
+        reason,
+        format!("{}... events are not converted", "x".repeat(80))
+    );
+}
+
+#[test]
+fn a_change_never_ends_before_it_starts() {
+    let body = with("build-update-succeeded.json", |event| {
+        event["data"]["updated_at"] = "2020-01-01T00:00:00Z".into();
+    });
+    let Ok(Outcome::Pulses(pulses)) = deliver_to(&["billing-api"], &body) else {
+        panic!("expected a pulse");
+    };
+    assert_eq!(pulses[0].ended_at, Some(pulses[0].started_at));
+}
+
+#[test]
+fn type_errors_read_as_heroku_terms() {
+    let body = br#"{"resource":"release","action":"update","data":{"app":"billing-api"}}"#;
+    assert_eq!(
+        deliver_to(&["billing-api"], body),
+        Err(DeliveryError::Malformed(
+            "`data.app`: invalid type: string \"billing-api\", expected an object with the \
+             app's `id` and `name`"
+                .into()
+        ))
+    );
+}
