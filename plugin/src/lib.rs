@@ -1,4 +1,5 @@
-//! The Heroku integration: turns signed webhook deliveries into pulses.
+//! The Heroku integration: turns signed webhook deliveries into pulses, and keeps a webhook
+//! on exactly the monitored apps.
 //!
 //! The core (`handle` and the modules below) is plain Rust so it can be tested and benchmarked
 //! natively; `component` is the thin `wit-bindgen` layer that exports it as a WASI 0.2
@@ -6,8 +7,10 @@
 
 pub mod convert;
 pub mod event;
+pub mod platform_api;
 pub mod pulse;
 pub mod signature;
+pub mod subscriptions;
 
 #[cfg(target_family = "wasm")]
 mod component;

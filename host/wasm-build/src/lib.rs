@@ -89,12 +89,14 @@ fn ensure_target() {
         return;
     }
 
-    println!("cargo:warning=adding the {TARGET} target with rustup (one time)");
     let status = Command::new("rustup")
         .args(["target", "add", TARGET])
         .status();
     match status {
-        Ok(status) if status.success() => {}
+        // Cargo replays this on later builds; it stays true.
+        Ok(status) if status.success() => {
+            println!("cargo:warning=added the {TARGET} target with rustup (done once)")
+        }
         _ => panic!(
             "the {TARGET} target is missing and `rustup target add {TARGET}` failed; \
              install it by hand and build again"
