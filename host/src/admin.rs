@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::data_dir;
 use crate::database::{Cursor, Database, DatabaseError};
-use crate::model::{self, Invalid, Service, StoredPulse};
+use crate::model::{self, AppWebhook, Connection, Invalid, Service, StoredPulse};
 
 /// The plugin storage key the webhook secret is kept under; see `wit/plugin.wit`.
 pub const WEBHOOK_SECRET_KEY: &str = "webhook-secret";
@@ -48,6 +48,13 @@ pub struct IntegrationView {
     pub webhook_url: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
+    /// Whether a Heroku account is connected, and if it was disconnected, why.
+    pub connection: Connection,
+    /// Where each app stood after the last apply: its webhook, or the error.
+    pub webhooks: Vec<AppWebhook>,
+    /// Why applying the settings on Heroku failed, in the answer to a change that tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apply_error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -101,6 +108,11 @@ impl Admin {
         &self.database
     }
 
+    /// The base URL Heroku and browsers reach this host at.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
     /// The URL Heroku should deliver `integration`'s webhooks to.
     pub fn webhook_url(&self, integration: &str) -> String {
         format!("{}/webhooks/heroku/{integration}", self.public_url)
@@ -147,27 +159,29 @@ impl Admin {
         let integration = self.database.integration(name)?.ok_or_else(|| {
             AdminError::NotFound(format!("no integration named {:?}", model::shorten(name)))
         })?;
-        Ok(self.view(integration))
+        self.view(integration)
     }
 
     pub fn integrations(&self) -> Result<Vec<IntegrationView>, AdminError> {
-        Ok(self
-            .database
+        self.database
             .integrations()?
             .into_iter()
             .map(|i| self.view(i))
-            .collect())
+            .collect()
     }
 
-    fn view(&self, integration: model::Integration) -> IntegrationView {
-        IntegrationView {
+    fn view(&self, integration: model::Integration) -> Result<IntegrationView, AdminError> {
+        Ok(IntegrationView {
             webhook_url: self.webhook_url(&integration.name),
+            webhooks: self.database.app_webhooks(&integration.name)?,
             name: integration.name,
             apps: integration.apps,
             webhook_secret: None,
+            apply_error: None,
+            connection: integration.connection,
             created_at: integration.created_at,
             updated_at: integration.updated_at,
-        }
+        })
     }
 
     /// Creates or updates a service; returns it and whether it was created.

@@ -9,9 +9,11 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use crate::admin::{Admin, PulsePage, PulseQuery};
+use crate::connection::HerokuConfig;
 use crate::data_dir::{DataDir, TokenSource};
 use crate::database::Database;
-use crate::server::{ServeConfig, Server};
+use crate::model::{AppWebhook, Connection};
+use crate::server::{Host, ServeConfig, Server};
 
 /// Heroku builds and releases as pulses next to your incidents.
 #[derive(Debug, Parser)]
@@ -40,8 +42,68 @@ pub struct Cli {
     #[arg(long, env = "PULSE_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
 
+    #[command(flatten)]
+    pub heroku: HerokuArgs,
+
+    /// The key that seals Heroku tokens at rest: 32 bytes, base64. Generated into the data
+    /// directory (mode 0600) when unset.
+    #[arg(
+        long,
+        env = "PULSE_ENCRYPTION_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub encryption_key: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where Heroku is and the OAuth client registered with it.
+#[derive(Debug, Args)]
+pub struct HerokuArgs {
+    /// Heroku's Platform API.
+    #[arg(
+        long = "heroku-api-url",
+        env = "PULSE_HEROKU_API_URL",
+        default_value = "https://api.heroku.com",
+        global = true
+    )]
+    pub api_url: String,
+    /// Heroku's identity service, where OAuth happens.
+    #[arg(
+        long = "heroku-id-url",
+        env = "PULSE_HEROKU_ID_URL",
+        default_value = "https://id.heroku.com",
+        global = true
+    )]
+    pub id_url: String,
+    /// The OAuth client's id (`heroku clients:create`).
+    #[arg(
+        long = "heroku-client-id",
+        env = "PULSE_HEROKU_CLIENT_ID",
+        global = true
+    )]
+    pub client_id: Option<String>,
+    /// The OAuth client's secret.
+    #[arg(
+        long = "heroku-client-secret",
+        env = "PULSE_HEROKU_CLIENT_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub client_secret: Option<String>,
+}
+
+impl HerokuArgs {
+    fn config(&self) -> HerokuConfig {
+        HerokuConfig {
+            api_url: self.api_url.trim_end_matches('/').to_string(),
+            id_url: self.id_url.trim_end_matches('/').to_string(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,7 +133,8 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum IntegrationCommand {
     /// Create an integration, or replace the apps it monitors. Prints the webhook URL, and on
-    /// creation the webhook secret, which is not shown again.
+    /// creation the webhook secret, which is not shown again. When the integration is
+    /// connected to Heroku, its webhooks are made to match the list.
     Set {
         name: String,
         /// Heroku app names or ids; none means the integration ignores every event.
@@ -81,6 +144,12 @@ pub enum IntegrationCommand {
     Show { name: String },
     /// List integrations.
     List,
+    /// Print a link that connects the integration to a Heroku account when opened in a
+    /// browser, once, within five minutes. `serve` must be running at the public URL.
+    ConnectLink { name: String },
+    /// Remove the integration's webhooks from Heroku, revoke its authorization and erase its
+    /// tokens. Pulses stay; deliveries are refused until it is connected again.
+    Disconnect { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,9 +190,20 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{}", cli.listen));
     match cli.command {
-        Command::Serve(args) => serve(&cli.data_dir, cli.listen, cli.public_url, args, out).await,
+        Command::Serve(args) => {
+            let mut config = ServeConfig::new(cli.listen, cli.data_dir.clone());
+            config.plugin = args.plugin;
+            config.public_url = cli.public_url;
+            config.admin_token = args.admin_token;
+            config.heroku = cli.heroku.config();
+            config.encryption_key = cli.encryption_key;
+            serve(config, out).await
+        }
         Command::Integration(command) => {
-            integration(&admin(&cli.data_dir, &public_url)?, command, out)
+            let mut config = ServeConfig::new(cli.listen, cli.data_dir.clone());
+            config.heroku = cli.heroku.config();
+            config.encryption_key = cli.encryption_key;
+            integration(&config, &public_url, command, out).await
         }
         Command::Service(command) => service(&admin(&cli.data_dir, &public_url)?, command, out),
         Command::Pulses(args) => pulses(&admin(&cli.data_dir, &public_url)?, args, out),
@@ -145,17 +225,19 @@ fn admin(data_dir: &std::path::Path, public_url: &str) -> anyhow::Result<Admin> 
     Ok(Admin::new(Database::open(&dir.database())?, public_url))
 }
 
-async fn serve(
-    data_dir: &std::path::Path,
-    listen: SocketAddr,
-    public_url: Option<String>,
-    args: ServeArgs,
-    out: &mut (dyn Write + Send),
-) -> anyhow::Result<()> {
-    let mut config = ServeConfig::new(listen, data_dir.to_path_buf());
-    config.plugin = args.plugin;
-    config.public_url = public_url;
-    config.admin_token = args.admin_token;
+/// Opens the whole host (database, vault, plugin) for a command that talks to Heroku.
+fn host(config: &ServeConfig, public_url: &str) -> anyhow::Result<Host> {
+    let dir = DataDir::open(&config.data_dir).with_context(|| {
+        format!(
+            "cannot use the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    Ok(Host::open(config, &dir, public_url)?)
+}
+
+async fn serve(config: ServeConfig, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
     let server = Server::start(config).await?;
     if *server.token_source() == TokenSource::Generated {
         writeln!(
@@ -187,11 +269,13 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn integration(
-    admin: &Admin,
+async fn integration(
+    config: &ServeConfig,
+    public_url: &str,
     command: IntegrationCommand,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
+    let admin = admin(&config.data_dir, public_url)?;
     match command {
         IntegrationCommand::Set { name, apps } => {
             let (view, created) = admin.put_integration(&name, &apps)?;
@@ -199,7 +283,14 @@ fn integration(
             writeln!(out, "{verb} integration {}", view.name)?;
             writeln!(out, "  apps:        {}", shown_apps(&view.apps))?;
             writeln!(out, "  webhook URL: {}", view.webhook_url)?;
-            if let Some(secret) = &view.webhook_secret {
+            if view.connection == Connection::Connected {
+                let host = host(config, public_url)?;
+                let webhooks =
+                    host.connector.apply(&view.name).await.with_context(|| {
+                        format!("saved the apps, but making Heroku match failed")
+                    })?;
+                write_webhooks(&webhooks, out)?;
+            } else if let Some(secret) = &view.webhook_secret {
                 writeln!(out, "  secret:      {secret}")?;
                 writeln!(
                     out,
@@ -227,6 +318,42 @@ fn integration(
             writeln!(out, "  webhook URL: {}", view.webhook_url)?;
             writeln!(out, "  created:     {}", view.created_at)?;
             writeln!(out, "  updated:     {}", view.updated_at)?;
+            writeln!(out, "  Heroku:      {}", shown_connection(&view.connection))?;
+            write_webhooks(&view.webhooks, out)?;
+        }
+        IntegrationCommand::ConnectLink { name } => {
+            let host = host(config, public_url)?;
+            let (url, expires_at) = host.connector.connect_link(&name)?;
+            writeln!(
+                out,
+                "Open this link in a browser to connect {name} to Heroku (once, until {expires_at}):\n\n    {url}\n"
+            )?;
+            writeln!(
+                out,
+                "Heroku sends the browser back to {public_url}/oauth/heroku/callback: that must be the redirect URI of the OAuth client, and `pulse-host serve` must be running there."
+            )?;
+        }
+        IntegrationCommand::Disconnect { name } => {
+            let host = host(config, public_url)?;
+            let report = host.connector.disconnect(&name).await?;
+            writeln!(
+                out,
+                "Disconnected {name} from Heroku; its tokens are erased."
+            )?;
+            if !report.revoked {
+                writeln!(
+                    out,
+                    "  The authorization could not be revoked on Heroku: revoke it under Account settings, Applications."
+                )?;
+            }
+            for webhook in &report.failed {
+                writeln!(
+                    out,
+                    "  {}: webhook not removed: {}",
+                    webhook.app,
+                    printable(webhook.error.as_deref().unwrap_or("unknown error"))
+                )?;
+            }
         }
         IntegrationCommand::List => {
             let list = admin.integrations()?;
@@ -239,6 +366,26 @@ fn integration(
             for view in list {
                 writeln!(out, "{}  {}", view.name, shown_apps(&view.apps))?;
             }
+        }
+    }
+    Ok(())
+}
+
+fn shown_connection(connection: &Connection) -> String {
+    match connection {
+        Connection::Never => {
+            "not connected: `pulse-host integration connect-link` connects it".into()
+        }
+        Connection::Connected => "connected".into(),
+        Connection::Disconnected(reason) => format!("disconnected: {}", printable(reason)),
+    }
+}
+
+fn write_webhooks(webhooks: &[AppWebhook], out: &mut (dyn Write + Send)) -> std::io::Result<()> {
+    for webhook in webhooks {
+        match &webhook.error {
+            None => writeln!(out, "  {}: webhook in place", webhook.app)?,
+            Some(error) => writeln!(out, "  {}: {}", webhook.app, printable(error))?,
         }
     }
     Ok(())

@@ -52,6 +52,11 @@ impl DataDir {
         self.root.join("compiled")
     }
 
+    /// The key that seals credentials, when none is configured.
+    pub fn encryption_key(&self) -> PathBuf {
+        self.root.join("encryption-key")
+    }
+
     fn admin_token_file(&self) -> PathBuf {
         self.root.join("admin-token")
     }

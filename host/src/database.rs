@@ -7,10 +7,10 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection as Sqlite, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::model::{Integration, NewPulse, Service, StoredPulse};
+use crate::model::{AppWebhook, Connection, Integration, NewPulse, Service, StoredPulse};
 
 /// A storage failure. The message names the operation; SQL text and values are not included.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,34 @@ CREATE TABLE IF NOT EXISTS plugin_kv (
     key         TEXT NOT NULL,
     value       BLOB NOT NULL,
     PRIMARY KEY (integration, key)
+) STRICT;
+
+-- A connected (or once connected) Heroku account. `credentials` is sealed (see `vault`) and
+-- erased on disconnect.
+CREATE TABLE IF NOT EXISTS connections (
+    integration TEXT PRIMARY KEY REFERENCES integrations(name) ON DELETE CASCADE,
+    state       TEXT NOT NULL CHECK (state IN ('connected', 'disconnected')),
+    reason      TEXT,
+    credentials BLOB,
+    updated_at  TEXT NOT NULL
+) STRICT;
+
+-- Where each monitored app stood after the last apply.
+CREATE TABLE IF NOT EXISTS app_status (
+    integration TEXT NOT NULL REFERENCES integrations(name) ON DELETE CASCADE,
+    app         TEXT NOT NULL,
+    webhook_id  TEXT,
+    error       TEXT,
+    updated_at  TEXT NOT NULL,
+    PRIMARY KEY (integration, app)
+) STRICT;
+
+-- One-time values, stored as SHA-256 hashes: OAuth `state`s and connect links.
+CREATE TABLE IF NOT EXISTS one_time (
+    hash        TEXT PRIMARY KEY,
+    purpose     TEXT NOT NULL,
+    integration TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL
 ) STRICT;
 
 CREATE TABLE IF NOT EXISTS services (
@@ -86,7 +114,7 @@ pub const APP_CORRELATION_KEY: &str = "heroku_app_name";
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Database {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<Mutex<Sqlite>>,
 }
 
 /// What became of a pulse handed to [`Database::insert_pulses`].
@@ -109,7 +137,7 @@ pub struct Cursor {
 impl Database {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Database, DatabaseError> {
-        let conn = Connection::open(path).context("open the database file")?;
+        let conn = Sqlite::open(path).context("open the database file")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .context("set the busy timeout")?;
         // WAL lets readers proceed during a write; FULL makes every commit durable before we
@@ -126,7 +154,7 @@ impl Database {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    fn conn(&self) -> MutexGuard<'_, Sqlite> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back), so a poisoned lock is safe to keep using.
         self.conn
@@ -187,7 +215,9 @@ impl Database {
     pub fn integration(&self, name: &str) -> Result<Option<Integration>, DatabaseError> {
         self.conn()
             .query_row(
-                "SELECT name, apps, created_at, updated_at FROM integrations WHERE name = ?1",
+                "SELECT i.name, i.apps, i.created_at, i.updated_at, c.state, c.reason
+                 FROM integrations i LEFT JOIN connections c ON c.integration = i.name
+                 WHERE i.name = ?1",
                 [name],
                 integration_from_row,
             )
@@ -199,12 +229,175 @@ impl Database {
     pub fn integrations(&self) -> Result<Vec<Integration>, DatabaseError> {
         let conn = self.conn();
         let mut statement = conn
-            .prepare("SELECT name, apps, created_at, updated_at FROM integrations ORDER BY name")
+            .prepare(
+                "SELECT i.name, i.apps, i.created_at, i.updated_at, c.state, c.reason
+                 FROM integrations i LEFT JOIN connections c ON c.integration = i.name
+                 ORDER BY i.name",
+            )
             .context("list integrations")?;
         let rows = statement
             .query_map([], integration_from_row)
             .context("list integrations")?;
         rows.collect::<Result<_, _>>().context("list integrations")
+    }
+
+    // --- connections ----------------------------------------------------------------------
+
+    /// Marks the integration connected with these sealed credentials.
+    pub fn connect(
+        &self,
+        integration: &str,
+        credentials: &[u8],
+        now: &str,
+    ) -> Result<(), DatabaseError> {
+        self.conn()
+            .execute(
+                "INSERT INTO connections (integration, state, reason, credentials, updated_at)
+                 VALUES (?1, 'connected', NULL, ?2, ?3)
+                 ON CONFLICT (integration) DO UPDATE SET state = 'connected', reason = NULL,
+                     credentials = excluded.credentials, updated_at = excluded.updated_at",
+                params![integration, credentials, now],
+            )
+            .context("store a connection")?;
+        Ok(())
+    }
+
+    /// Replaces the sealed credentials of a connected integration.
+    pub fn update_credentials(
+        &self,
+        integration: &str,
+        credentials: &[u8],
+        now: &str,
+    ) -> Result<(), DatabaseError> {
+        self.conn()
+            .execute(
+                "UPDATE connections SET credentials = ?2, updated_at = ?3
+                 WHERE integration = ?1 AND state = 'connected'",
+                params![integration, credentials, now],
+            )
+            .context("store refreshed credentials")?;
+        Ok(())
+    }
+
+    /// Marks the integration disconnected for `reason` and erases its credentials.
+    pub fn disconnect(
+        &self,
+        integration: &str,
+        reason: &str,
+        now: &str,
+    ) -> Result<(), DatabaseError> {
+        self.conn()
+            .execute(
+                "INSERT INTO connections (integration, state, reason, credentials, updated_at)
+                 VALUES (?1, 'disconnected', ?2, NULL, ?3)
+                 ON CONFLICT (integration) DO UPDATE SET state = 'disconnected',
+                     reason = excluded.reason, credentials = NULL, updated_at = excluded.updated_at",
+                params![integration, reason, now],
+            )
+            .context("record a disconnection")?;
+        Ok(())
+    }
+
+    /// The sealed credentials of a connected integration.
+    pub fn credentials(&self, integration: &str) -> Result<Option<Vec<u8>>, DatabaseError> {
+        self.conn()
+            .query_row(
+                "SELECT credentials FROM connections WHERE integration = ?1 AND state = 'connected'",
+                [integration],
+                |row| row.get(0),
+            )
+            .optional()
+            .context("read credentials")
+            .map(Option::flatten)
+    }
+
+    /// Records where the apps stand after an apply, replacing what was recorded before.
+    pub fn set_app_webhooks(
+        &self,
+        integration: &str,
+        webhooks: &[AppWebhook],
+        now: &str,
+    ) -> Result<(), DatabaseError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().context("begin a transaction")?;
+        tx.execute(
+            "DELETE FROM app_status WHERE integration = ?1",
+            [integration],
+        )
+        .context("record app states")?;
+        for state in webhooks {
+            tx.execute(
+                "INSERT OR REPLACE INTO app_status (integration, app, webhook_id, error, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![integration, state.app, state.webhook_id, state.error, now],
+            )
+            .context("record app states")?;
+        }
+        tx.commit().context("record app states")
+    }
+
+    pub fn app_webhooks(&self, integration: &str) -> Result<Vec<AppWebhook>, DatabaseError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT app, webhook_id, error, updated_at FROM app_status
+                 WHERE integration = ?1 ORDER BY app",
+            )
+            .context("read app states")?;
+        let rows = statement
+            .query_map([integration], |row| {
+                Ok(AppWebhook {
+                    app: row.get(0)?,
+                    webhook_id: row.get(1)?,
+                    error: row.get(2)?,
+                    updated_at: row.get(3)?,
+                })
+            })
+            .context("read app states")?;
+        rows.collect::<Result<_, _>>().context("read app states")
+    }
+
+    // --- one-time values ------------------------------------------------------------------
+
+    /// Remembers a one-time value (by its hash) for `purpose` until `expires_at` (Unix s).
+    pub fn put_one_time(
+        &self,
+        hash: &str,
+        purpose: &str,
+        integration: &str,
+        expires_at: i64,
+    ) -> Result<(), DatabaseError> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM one_time WHERE expires_at < ?1",
+            [expires_at - 86_400],
+        )
+        .context("forget expired one-time values")?;
+        conn.execute(
+            "INSERT INTO one_time (hash, purpose, integration, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, purpose, integration, expires_at],
+        )
+        .context("store a one-time value")?;
+        Ok(())
+    }
+
+    /// Uses up a one-time value: returns its integration if it was there for `purpose` and
+    /// had not expired at `now`. A second use finds nothing.
+    pub fn take_one_time(
+        &self,
+        hash: &str,
+        purpose: &str,
+        now: i64,
+    ) -> Result<Option<String>, DatabaseError> {
+        self.conn()
+            .query_row(
+                "DELETE FROM one_time WHERE hash = ?1 AND purpose = ?2 RETURNING integration, expires_at",
+                [hash, purpose],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .context("use a one-time value")
+            .map(|found| found.filter(|(_, expires)| *expires >= now).map(|(name, _)| name))
     }
 
     // --- the plugins' key-value spaces ----------------------------------------------------
@@ -469,12 +662,19 @@ impl Database {
 
 fn integration_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Integration> {
     let apps: String = row.get(1)?;
+    let state: Option<String> = row.get(4)?;
+    let reason: Option<String> = row.get(5)?;
     Ok(Integration {
         name: row.get(0)?,
         // Only this module writes the column, always as a JSON list of strings.
         apps: serde_json::from_str(&apps).unwrap_or_default(),
         created_at: row.get(2)?,
         updated_at: row.get(3)?,
+        connection: match state.as_deref() {
+            Some("connected") => Connection::Connected,
+            Some(_) => Connection::Disconnected(reason.unwrap_or_default()),
+            None => Connection::Never,
+        },
     })
 }
 

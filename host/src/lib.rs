@@ -7,11 +7,15 @@
 
 pub mod admin;
 pub mod cli;
+pub mod connection;
 pub mod data_dir;
 pub mod database;
 pub mod model;
+mod oauth;
 pub mod sandbox;
 pub mod server;
+pub mod vault;
 mod webhook;
 
-pub use server::{HEROKU_PLUGIN, ServeConfig, Server, StartError};
+pub use connection::HerokuConfig;
+pub use server::{HEROKU_PLUGIN, Host, ServeConfig, Server, StartError};

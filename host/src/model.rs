@@ -14,6 +14,28 @@ pub struct Integration {
     pub apps: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
+    pub connection: Connection,
+}
+
+/// Whether the integration holds a Heroku authorization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum Connection {
+    /// Never connected: webhooks are added by hand with the secret.
+    Never,
+    Connected,
+    /// Disconnected by an admin or because the authorization stopped working; the reason
+    /// says which and what to do.
+    Disconnected(String),
+}
+
+/// Where one monitored app stood after the last apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppWebhook {
+    pub app: String,
+    pub webhook_id: Option<String>,
+    pub error: Option<String>,
+    pub updated_at: String,
 }
 
 /// Something incidents are about, linked to pulses by its Heroku app name.

@@ -27,10 +27,12 @@ use tokio::task::JoinHandle;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::admin::{Admin, AdminError, PulseQuery};
+use crate::connection::{ConnectError, Connector, HerokuConfig};
 use crate::data_dir::{DataDir, TokenSource};
 use crate::database::Database;
 use crate::sandbox::{Limits, Plugin, Runtime};
-use crate::webhook;
+use crate::vault::Vault;
+use crate::{oauth, webhook};
 
 /// The Heroku plugin this host was built with.
 pub static HEROKU_PLUGIN: &[u8] = include_bytes!(env!("PULSE_HEROKU_PLUGIN_WASM"));
@@ -51,6 +53,11 @@ pub struct ServeConfig {
     /// The admin token; generated into the data directory when not given.
     pub admin_token: Option<String>,
     pub limits: Limits,
+    /// Heroku's URLs and the OAuth client.
+    pub heroku: HerokuConfig,
+    /// The key that seals credentials (base64, 32 bytes); generated into the data directory
+    /// when not given.
+    pub encryption_key: Option<String>,
 }
 
 impl ServeConfig {
@@ -63,15 +70,52 @@ impl ServeConfig {
             public_url: None,
             admin_token: None,
             limits: Limits::default(),
+            heroku: HerokuConfig::default(),
+            encryption_key: None,
         }
+    }
+}
+
+/// The host's parts, opened from a data directory: what the server's handlers and the CLI's
+/// commands work with.
+#[derive(Clone)]
+pub struct Host {
+    pub admin: Admin,
+    pub plugin: Plugin,
+    pub connector: Connector,
+    runtime: Arc<Runtime>,
+}
+
+impl Host {
+    /// Opens the data directory, the database, the vault and the plugin. `public_url` is
+    /// where Heroku and browsers reach the host.
+    pub fn open(
+        config: &ServeConfig,
+        data_dir: &DataDir,
+        public_url: &str,
+    ) -> Result<Host, StartError> {
+        let database = Database::open(&data_dir.database())?;
+        let vault = Vault::open(config.encryption_key.as_deref(), &data_dir.encryption_key())?;
+        let runtime = Arc::new(Runtime::new(config.limits)?);
+        let plugin = match &config.plugin {
+            Some(path) => runtime.load_file(path, &data_dir.compiled())?,
+            None => runtime.load(HEROKU_PLUGIN, &data_dir.compiled())?,
+        };
+        let admin = Admin::new(database, public_url);
+        let connector = Connector::new(admin.clone(), vault, config.heroku.clone(), plugin.clone());
+        Ok(Host {
+            admin,
+            plugin,
+            connector,
+            runtime,
+        })
     }
 }
 
 /// State shared by every request handler.
 #[derive(Clone)]
 pub struct AppState {
-    pub(crate) admin: Admin,
-    pub(crate) plugin: Plugin,
+    pub(crate) host: Host,
     admin_token: Arc<str>,
 }
 
@@ -97,6 +141,8 @@ pub enum StartError {
     Database(#[from] crate::database::DatabaseError),
     #[error(transparent)]
     Plugin(#[from] crate::sandbox::LoadError),
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -113,16 +159,9 @@ impl Server {
             source,
         };
         let data_dir = DataDir::open(&config.data_dir).map_err(data_error)?;
-        let database = Database::open(&data_dir.database())?;
         let (admin_token, token_source) = data_dir
             .admin_token(config.admin_token.as_deref())
             .map_err(data_error)?;
-
-        let runtime = Arc::new(Runtime::new(config.limits)?);
-        let plugin = match &config.plugin {
-            Some(path) => runtime.load_file(path, &data_dir.compiled())?,
-            None => runtime.load(HEROKU_PLUGIN, &data_dir.compiled())?,
-        };
 
         let listener =
             TcpListener::bind(config.listen)
@@ -140,9 +179,10 @@ impl Server {
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
 
+        let host = Host::open(&config, &data_dir, &public_url)?;
+        let runtime = host.runtime.clone();
         let state = AppState {
-            admin: Admin::new(database, &public_url),
-            plugin,
+            host,
             admin_token: admin_token.clone().into(),
         };
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -263,6 +303,14 @@ fn router(state: AppState) -> Router {
             "/integrations/{name}",
             put(put_integration).get(get_integration),
         )
+        .route(
+            "/integrations/{name}/heroku/connect-link",
+            post(create_connect_link),
+        )
+        .route(
+            "/integrations/{name}/heroku",
+            axum::routing::delete(disconnect_heroku),
+        )
         .route("/services", get(list_services))
         .route("/services/{name}", put(put_service).delete(delete_service))
         .route("/pulses", get(list_pulses))
@@ -272,6 +320,8 @@ fn router(state: AppState) -> Router {
 
     Router::new()
         .route("/webhooks/heroku/{integration}", post(webhook::receive))
+        .route("/integrations/{name}/heroku/connect", get(oauth::connect))
+        .route("/oauth/heroku/callback", get(oauth::callback))
         .route(
             "/healthz",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -337,18 +387,30 @@ impl IntoResponse for AdminError {
     }
 }
 
-async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+/// The bearer token of a request, when it has exactly one `Authorization` header.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
     // A repeated header is refused rather than guessed at.
-    let presented = match (values.next(), values.next()) {
+    match (values.next(), values.next()) {
         (Some(value), None) => value
             .to_str()
             .ok()
             .and_then(|value| value.strip_prefix("Bearer ")),
         _ => None,
-    };
-    let accepted = presented
-        .is_some_and(|token| bool::from(token.as_bytes().ct_eq(state.admin_token.as_bytes())));
+    }
+}
+
+impl AppState {
+    /// Whether the request carries the admin token.
+    pub(crate) fn is_admin(&self, headers: &axum::http::HeaderMap) -> bool {
+        bearer(headers)
+            .is_some_and(|token| bool::from(token.as_bytes().ct_eq(self.admin_token.as_bytes())))
+    }
+}
+
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let presented = bearer(request.headers());
+    let accepted = state.is_admin(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     if accepted {
@@ -469,7 +531,7 @@ where
     T: Send + 'static,
     F: FnOnce(&Admin) -> Result<T, AdminError> + Send + 'static,
 {
-    let admin = state.admin.clone();
+    let admin = state.host.admin.clone();
     let result = tokio::task::spawn_blocking(move || operation(&admin))
         .await
         .unwrap_or_else(|err| Err(AdminError::Internal(err.to_string())));
@@ -497,10 +559,22 @@ async fn put_integration(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<IntegrationBody>,
 ) -> Result<Response, ApiError> {
-    let (view, created) = blocking(&state, move |admin| {
-        admin.put_integration(&name, &body.apps)
-    })
-    .await?;
+    let (mut view, created) = {
+        let name = name.clone();
+        blocking(&state, move |admin| {
+            admin.put_integration(&name, &body.apps)
+        })
+        .await?
+    };
+    if view.connection == crate::model::Connection::Connected {
+        match state.host.connector.apply(&name).await {
+            Ok(webhooks) => view.webhooks = webhooks,
+            Err(err) => view.apply_error = Some(err.to_string()),
+        }
+        if let Ok(Some(found)) = state.host.admin.database().integration(&name) {
+            view.connection = found.connection;
+        }
+    }
     Ok(saved(created, view))
 }
 
@@ -594,4 +668,47 @@ async fn pulse_raw(
 ) -> Result<Response, ApiError> {
     let raw = blocking(&state, move |admin| admin.pulse_raw(id)).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], raw).into_response())
+}
+
+impl From<ConnectError> for ApiError {
+    fn from(err: ConnectError) -> Self {
+        let (status, code) = match &err {
+            ConnectError::NotConfigured(_) => (StatusCode::CONFLICT, "not_configured"),
+            ConnectError::NotConnected(_) => (StatusCode::CONFLICT, "not_connected"),
+            ConnectError::Reconnect(_) => (StatusCode::CONFLICT, "reconnect"),
+            ConnectError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            ConnectError::BadState => (StatusCode::BAD_REQUEST, "bad_state"),
+            ConnectError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ConnectError::Identity(_) => (StatusCode::BAD_GATEWAY, "heroku_identity"),
+            ConnectError::Plugin(_) => (StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed"),
+            ConnectError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %err, "a connection request failed");
+        }
+        ApiError(error_response(status, code, &err.to_string()))
+    }
+}
+
+async fn create_connect_link(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let connector = state.host.connector.clone();
+    let (url, expires_at) = tokio::task::spawn_blocking(move || connector.connect_link(&name))
+        .await
+        .map_err(|err| ApiError::from(AdminError::Internal(err.to_string())))??;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"url": url, "expires_at": expires_at})),
+    )
+        .into_response())
+}
+
+async fn disconnect_heroku(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let report = state.host.connector.disconnect(&name).await?;
+    Ok(axum::Json(report).into_response())
 }

@@ -69,7 +69,7 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
         return too_large();
     }
 
-    let database = state.admin.database().clone();
+    let database = state.host.admin.database().clone();
     let lookup = {
         let name = name.to_string();
         tokio::task::spawn_blocking(move || database.integration(&name)).await
@@ -86,6 +86,14 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
         Ok(Err(err)) => return internal(&err.to_string()),
         Err(err) => return internal(&err.to_string()),
     };
+
+    if let crate::model::Connection::Disconnected(reason) = &integration.connection {
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "disconnected",
+            &format!("integration {} is disconnected: {reason}", integration.name),
+        );
+    }
 
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
@@ -104,7 +112,9 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
     };
 
     let context = Context {
-        webhook_url: state.admin.webhook_url(&integration.name),
+        webhook_url: state.host.admin.webhook_url(&integration.name),
+        // Deliveries reach no network: the plugin gets the API's address, not access to it.
+        api_url: state.host.connector.api_url().to_string(),
         integration: integration.name,
         apps: integration.apps,
     };
@@ -120,8 +130,9 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
         body: body.to_vec(),
     };
 
-    let database = state.admin.database();
+    let database = state.host.admin.database();
     let outcome = match state
+        .host
         .plugin
         .handle_delivery(database, &context, &delivery)
         .await
@@ -191,7 +202,7 @@ async fn store(state: &AppState, integration: &str, pulses: Vec<Pulse>) -> Respo
         }
     };
 
-    let database = state.admin.database().clone();
+    let database = state.host.admin.database().clone();
     let integration = integration.to_string();
     let inserted = tokio::task::spawn_blocking(move || {
         database.insert_pulses(&integration, &pulses, &model::now())

@@ -22,10 +22,22 @@ const MAX_LOG_CHARS: usize = 2048;
 /// integration it is for.
 pub struct CallState {
     pub(super) wasi: WasiCtx,
+    pub(super) http: wasmtime_wasi_http::WasiHttpCtx,
+    pub(super) hooks: super::http::OutboundHooks,
     pub(super) table: ResourceTable,
     pub(super) limits: StoreLimits,
     pub(super) integration: String,
     pub(super) database: Database,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for CallState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
 }
 
 impl WasiView for CallState {

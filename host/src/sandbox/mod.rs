@@ -3,6 +3,7 @@
 
 mod cache;
 mod host;
+mod http;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use wasmtime_wasi::WasiCtx;
 use crate::database::Database;
 
 pub use host::CallState;
+pub use http::{Egress, origin_of};
 
 /// Bindings generated from `wit/`: the `integration` world as the host sees it.
 pub mod bindings {
@@ -31,8 +33,9 @@ pub mod bindings {
     });
 }
 
-use bindings::exports::pulse::plugin::webhooks;
-pub use bindings::pulse::plugin::types::{Context, KeyValue, Pulse, Timestamp};
+use bindings::exports::pulse::plugin::{lifecycle, webhooks};
+pub use bindings::pulse::plugin::types::{ApiError, Context, KeyValue, Pulse, Timestamp};
+pub use lifecycle::{AppError, AppStatus, LifecycleError};
 pub use webhooks::{Delivery, DeliveryError, Header, Outcome};
 
 /// How much a single call may use.
@@ -40,8 +43,11 @@ pub use webhooks::{Delivery, DeliveryError, Header, Outcome};
 pub struct Limits {
     /// The cap on each instance's linear memory.
     pub memory_bytes: usize,
-    /// How long one call may run, CPU or waiting.
+    /// How long one delivery may take, CPU or waiting.
     pub deadline: Duration,
+    /// How long a lifecycle call may take: it makes several API requests, and may wait out
+    /// a rate limit.
+    pub lifecycle_deadline: Duration,
     /// How many calls may run at once; also the size of the instance pool.
     pub concurrency: u32,
 }
@@ -51,6 +57,7 @@ impl Default for Limits {
         Limits {
             memory_bytes: 64 << 20,
             deadline: Duration::from_secs(2),
+            lifecycle_deadline: Duration::from_secs(120),
             concurrency: 64,
         }
     }
@@ -145,6 +152,8 @@ impl Runtime {
 
         let mut linker = Linker::<CallState>::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::World)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(LoadError::World)?;
         bindings::Integration::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(
             &mut linker,
             |state| state,
@@ -221,39 +230,113 @@ pub struct Plugin {
 
 impl Plugin {
     /// Hands one delivery to a fresh instance of the plugin. The instance can reach only
-    /// `integration`'s storage, and is dropped afterwards whatever happened.
+    /// `integration`'s storage and no network, and is dropped afterwards whatever happened.
     pub async fn handle_delivery(
         &self,
         database: &Database,
         context: &Context,
         delivery: &Delivery,
     ) -> Result<Result<Outcome, DeliveryError>, CallError> {
+        let deadline = self.limits.deadline;
+        self.call(
+            database,
+            &context.integration,
+            Egress::default(),
+            deadline,
+            async |plugin, store| {
+                plugin
+                    .pulse_plugin_webhooks()
+                    .call_handle(store, context, delivery)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Asks the plugin to make the remote service match the integration's settings; it may
+    /// reach `egress`.
+    pub async fn apply_settings(
+        &self,
+        database: &Database,
+        context: &Context,
+        egress: Egress,
+    ) -> Result<Result<Vec<AppStatus>, LifecycleError>, CallError> {
+        let deadline = self.limits.lifecycle_deadline;
+        self.call(
+            database,
+            &context.integration,
+            egress,
+            deadline,
+            async |plugin, store| {
+                plugin
+                    .pulse_plugin_lifecycle()
+                    .call_apply_settings(store, context)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Asks the plugin to remove what it set up on the remote service.
+    pub async fn disconnect(
+        &self,
+        database: &Database,
+        context: &Context,
+        egress: Egress,
+    ) -> Result<Result<Vec<AppStatus>, LifecycleError>, CallError> {
+        let deadline = self.limits.lifecycle_deadline;
+        self.call(
+            database,
+            &context.integration,
+            egress,
+            deadline,
+            async |plugin, store| {
+                plugin
+                    .pulse_plugin_lifecycle()
+                    .call_disconnect(store, context)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Runs `call` on a fresh instance with the call's limits.
+    async fn call<R>(
+        &self,
+        database: &Database,
+        integration: &str,
+        egress: Egress,
+        deadline: Duration,
+        call: impl AsyncFnOnce(&bindings::Integration, &mut Store<CallState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
         let _slot = self
             .slots
             .try_acquire()
             .map_err(|_| CallError::Busy(self.limits.concurrency))?;
         let started = Instant::now();
-        let mut store = self.store(database, &context.integration);
+        let mut store = self.store(database, integration, egress, deadline);
 
-        let deadline = self.limits.deadline;
-        let call = async {
+        let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
-            instance
-                .pulse_plugin_webhooks()
-                .call_handle(&mut store, context, delivery)
-                .await
+            call(&instance, &mut store).await
         };
         // The epoch deadline stops a guest that burns CPU; the timer stops one that waits.
-        let result = match tokio::time::timeout(deadline, call).await {
+        let result = match tokio::time::timeout(deadline, run).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(err)) => Err(classify(err, deadline)),
             Err(_) => Err(CallError::TimedOut(deadline)),
         };
-        tracing::debug!(elapsed = ?started.elapsed(), "plugin call finished");
+        tracing::debug!(integration, elapsed = ?started.elapsed(), "plugin call finished");
         result
     }
 
-    fn store(&self, database: &Database, integration: &str) -> Store<CallState> {
+    fn store(
+        &self,
+        database: &Database,
+        integration: &str,
+        egress: Egress,
+        deadline: Duration,
+    ) -> Store<CallState> {
         let limits: StoreLimits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)
@@ -263,6 +346,11 @@ impl Plugin {
         // A WASI context that grants nothing: no files, environment, arguments or sockets.
         let state = CallState {
             wasi: WasiCtx::builder().build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            hooks: http::OutboundHooks {
+                egress,
+                integration: integration.to_string(),
+            },
             table: ResourceTable::new(),
             limits,
             integration: integration.to_string(),
@@ -270,11 +358,7 @@ impl Plugin {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        let ticks = self
-            .limits
-            .deadline
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis()) as u64;
+        let ticks = deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64;
         store.set_epoch_deadline(ticks.max(1));
         store.epoch_deadline_trap();
         store
