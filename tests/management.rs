@@ -97,7 +97,8 @@ async fn secret_is_shown_on_creation_only() {
         (StatusCode::OK, &json!("stored"))
     );
 
-    let (_, list) = host.api(Method::GET, "/integrations", None).await;
+    let (status, list) = host.api(Method::GET, "/integrations", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
     assert_eq!(list["integrations"].as_array().unwrap().len(), 1);
     assert_eq!(list["integrations"][0].get("webhook_secret"), None);
 }

@@ -1,11 +1,15 @@
 //! The end-to-end harness: a real `pulse-host` server on an ephemeral loopback port with a
 //! temporary data directory, and an HTTP client that talks to it like Heroku and an admin do.
 
+pub mod fake_heroku;
+
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
+use pulse_host::connection::HerokuConfig;
 use pulse_host::sandbox::Limits;
 use pulse_host::{ServeConfig, Server};
 use reqwest::{Method, StatusCode};
@@ -37,12 +41,66 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
+/// Every log line the hosts of this test binary wrote, at every level.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// Sends the host's logs (`tracing`) to [`LOGS`], once per test binary. Set `PULSE_TEST_LOG`
+/// to also see them on stderr.
+fn capture_logs() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        struct Capture;
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                LOGS.lock().unwrap().extend_from_slice(buf);
+                if std::env::var_os("PULSE_TEST_LOG").is_some() {
+                    std::io::stderr().write_all(buf)?;
+                }
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::fmt()
+            .with_env_filter("trace,cranelift_codegen=info,wasmtime_cranelift=info")
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .finish()
+            .try_init()
+            .ok();
+    });
+}
+
+/// What the hosts of this test binary have logged so far.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
 /// How a test host is started.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub plugin: Option<PathBuf>,
     pub limits: Option<Limits>,
     pub admin_token: Option<String>,
+    /// Where Heroku is; the real one (never called unless connected) when unset.
+    pub heroku: Option<HerokuConfig>,
+}
+
+impl Options {
+    /// Heroku is `fake`, with its OAuth client.
+    pub fn with_fake(fake: &fake_heroku::FakeHeroku) -> Options {
+        Options {
+            heroku: Some(HerokuConfig {
+                api_url: fake.api_url(),
+                id_url: fake.id_url(),
+                client_id: Some(fake.client_id()),
+                client_secret: Some(fake.client_secret()),
+            }),
+            ..Options::default()
+        }
+    }
 }
 
 /// A running host, its data directory and a client for it.
@@ -67,11 +125,15 @@ impl TestHost {
     }
 
     async fn start_in(dir: tempfile::TempDir, options: Options) -> TestHost {
+        capture_logs();
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
         config.plugin = options.plugin.clone();
         config.admin_token = options.admin_token.clone();
         if let Some(limits) = options.limits {
             config.limits = limits;
+        }
+        if let Some(heroku) = &options.heroku {
+            config.heroku = heroku.clone();
         }
         let server = Server::start(config).await.expect("the server starts");
         let client = reqwest::Client::builder()
@@ -93,6 +155,49 @@ impl TestHost {
         self.server.take().unwrap().stop().await.unwrap();
         let options = self.options.clone();
         TestHost::start_in(self.dir, options).await
+    }
+
+    /// Starts a host whose Heroku is `fake`, and registers the host's callback as the fake
+    /// OAuth client's redirect URI.
+    pub async fn start_with_fake(fake: &fake_heroku::FakeHeroku, options: Options) -> TestHost {
+        let host = TestHost::start_with(Options {
+            heroku: Options::with_fake(fake).heroku,
+            ..options
+        })
+        .await;
+        fake.set_redirect_uri(&format!("{}/oauth/heroku/callback", host.base));
+        host
+    }
+
+    /// Connects `integration` to Heroku as a person does: asks the API for a connect link,
+    /// opens it in a "browser" that follows every redirect (to Heroku's consent page and
+    /// back to the callback), and returns the final status and page.
+    pub async fn connect(&self, integration: &str) -> (StatusCode, String) {
+        let (status, link) = self
+            .api(
+                Method::POST,
+                &format!("/integrations/{integration}/heroku/connect-link"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{link}");
+        let browser = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let response = browser
+            .get(link["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let landed = response.url().path().to_string();
+        assert_eq!(
+            landed, "/oauth/heroku/callback",
+            "the browser ends on our callback"
+        );
+        (status, response.text().await.unwrap())
     }
 
     /// The host's data directory.

@@ -1,7 +1,10 @@
 //! A test component for the `integration` world that misbehaves on request, so tests can
 //! check that one bad call fails alone. The `x-fault` header picks the fault: `panic`,
-//! `loop` (burns CPU forever) or `memory` (grows memory until the cap stops it). Without it,
-//! the component stores one pulse whose dedupe key is the body.
+//! `loop` (burns CPU forever) or `memory` (grows memory until the cap stops it); `fetch`
+//! sends a GET to the URL in the `x-url` header, with an `Authorization` of its own, and
+//! reports what happened as the ignore reason. Without it, the component stores one pulse
+//! whose dedupe key is the body. Its `apply-settings` probes the host's allow-list (see
+//! there); `disconnect` changes nothing.
 
 #[cfg(target_family = "wasm")]
 mod component {
@@ -10,6 +13,7 @@ mod component {
         path: "../../../wit",
     });
 
+    use exports::pulse::plugin::lifecycle::{self, AppError, AppStatus, LifecycleError};
     use exports::pulse::plugin::webhooks::{Delivery, DeliveryError, Guest, Outcome};
     use pulse::plugin::types::{Context, KeyValue, Pulse, Timestamp};
 
@@ -17,12 +21,18 @@ mod component {
 
     impl Guest for Faulty {
         fn handle(context: Context, delivery: Delivery) -> Result<Outcome, DeliveryError> {
-            let fault = delivery
-                .headers
-                .iter()
-                .find(|header| header.name.eq_ignore_ascii_case("x-fault"))
-                .map(|header| header.value.as_str());
-            match fault {
+            let header = |name: &str| {
+                delivery
+                    .headers
+                    .iter()
+                    .find(|header| header.name.eq_ignore_ascii_case(name))
+                    .map(|header| header.value.clone())
+            };
+            match header("x-fault").as_deref() {
+                Some("fetch") => {
+                    let url = header("x-url").unwrap_or_default();
+                    return Ok(Outcome::Ignored(fetch(&url)));
+                }
                 Some("panic") => panic!("asked to panic"),
                 Some("loop") => {
                     let mut n: u64 = 0;
@@ -57,6 +67,48 @@ mod component {
                 dedupe_key: body,
                 raw: "{}".into(),
             }]))
+        }
+    }
+
+    fn fetch(url: &str) -> String {
+        wstd::runtime::block_on(async {
+            let request = wstd::http::Request::get(url)
+                .header("Authorization", "Bearer guest-made-this-up")
+                .body(wstd::http::Body::empty());
+            let request = match request {
+                Ok(request) => request,
+                Err(err) => return format!("bad request: {err}"),
+            };
+            match wstd::http::Client::new().send(request).await {
+                Ok(response) => format!("fetched {}", response.status().as_u16()),
+                Err(err) => format!("fetch failed: {err}"),
+            }
+        })
+    }
+
+    impl lifecycle::Guest for Faulty {
+        /// Probes the allow-list: one GET to the API origin, and one to the same server
+        /// under another name (`localhost` for `127.0.0.1`), which is a different origin.
+        /// Each result comes back as the error text of a made-up app.
+        fn apply_settings(context: Context) -> Result<Vec<AppStatus>, LifecycleError> {
+            let api = context.api_url.trim_end_matches('/');
+            let elsewhere = api.replacen("127.0.0.1", "localhost", 1);
+            let probes = [
+                ("allowed", format!("{api}/probe")),
+                ("off-list", format!("{elsewhere}/probe-off-list")),
+            ];
+            Ok(probes
+                .into_iter()
+                .map(|(app, url)| AppStatus {
+                    app: app.into(),
+                    webhook_id: None,
+                    error: Some(AppError::Transport(fetch(&url))),
+                })
+                .collect())
+        }
+
+        fn disconnect(_: Context) -> Result<Vec<AppStatus>, LifecycleError> {
+            Ok(Vec::new())
         }
     }
 
