@@ -9,13 +9,20 @@ wit_bindgen::generate!({
 
 use std::time::Duration;
 
+use wstd::http::body::Bytes;
+use wstd::http::body::util::combinators::UnsyncBoxBody;
+
+use exports::pulse::plugin::actions::{
+    self, ActionError, ActionSpec, Exit, Invocation, ParamKind, ParamSpec, ParamValue, RunResult,
+};
 use exports::pulse::plugin::lifecycle::{self, AppError, AppStatus, LifecycleError};
 use exports::pulse::plugin::webhooks::{self, Delivery, DeliveryError, Outcome};
 use pulse::plugin::log::{self, Level};
-use pulse::plugin::storage;
 use pulse::plugin::types::{ApiError, Context, KeyValue, Pulse, Timestamp};
+use pulse::plugin::{run_output, slack, storage, timeline};
 
-use crate::platform_api::{self, Failure, PlatformApi, Response, Transport};
+use crate::platform_api::{self, Chunks, Failure, PlatformApi, Read, Response, Transport};
+use crate::run_command;
 use crate::subscriptions::{self, Records, Stop, Subscription};
 
 struct HerokuPlugin;
@@ -72,6 +79,153 @@ impl lifecycle::Guest for HerokuPlugin {
     }
 }
 
+impl actions::Guest for HerokuPlugin {
+    fn describe() -> Vec<ActionSpec> {
+        run_command::describe()
+            .into_iter()
+            .map(|spec| ActionSpec {
+                name: spec.name.into(),
+                title: spec.title.into(),
+                help: spec.help.into(),
+                params: spec.params.into_iter().map(param_spec_to_wit).collect(),
+            })
+            .collect()
+    }
+
+    fn invoke(context: Context, invocation: Invocation) -> Result<RunResult, ActionError> {
+        if invocation.action != run_command::NAME {
+            return Err(ActionError::UnknownAction(format!(
+                "this plugin has no action named {:?}; it has {}",
+                invocation.action.chars().take(80).collect::<String>(),
+                run_command::NAME
+            )));
+        }
+        let given = invocation
+            .params
+            .into_iter()
+            .map(|param| {
+                let value = match param.value {
+                    ParamValue::Text(text) => run_command::ParamValue::Text(text),
+                    ParamValue::Integer(n) => run_command::ParamValue::Integer(n),
+                    ParamValue::Boolean(b) => run_command::ParamValue::Boolean(b),
+                    ParamValue::TextList(list) => run_command::ParamValue::TextList(list),
+                };
+                (param.name, value)
+            })
+            .collect();
+        let run_context: serde_json::Value = serde_json::from_str(&invocation.context_json)
+            .map_err(|err| ActionError::InvalidParams(format!("the context is not JSON: {err}")))?;
+        if !run_context.is_object() {
+            return Err(ActionError::InvalidParams(
+                "the context must be a JSON object".into(),
+            ));
+        }
+        let params =
+            run_command::parse_params(given, &context.apps).map_err(action_error_to_wit)?;
+
+        let api = PlatformApi::new(WasiTransport, &context.api_url);
+        let result = wstd::runtime::block_on(run_command::run(
+            &api,
+            &ImportedRunHost,
+            &params,
+            &run_context,
+        ));
+        let result = result.map_err(action_error_to_wit)?;
+        Ok(RunResult {
+            dyno: result.dyno,
+            exit: match result.exit {
+                run_command::Exit::Status(status) => Exit::Status(status),
+                run_command::Exit::TimedOut => Exit::TimedOut,
+            },
+            duration_ms: result.duration.as_millis() as u64,
+            output_bytes: result.output_bytes,
+            command: result.command,
+            shares: result
+                .shares
+                .into_iter()
+                .map(|share| slack::ShareOutcome {
+                    channel: share.channel,
+                    error: share.error,
+                })
+                .collect(),
+            timeline_recorded: result.timeline_recorded,
+            timeline_error: result.timeline_error,
+        })
+    }
+}
+
+fn param_spec_to_wit(spec: run_command::ParamSpec) -> ParamSpec {
+    ParamSpec {
+        name: spec.name.into(),
+        kind: match spec.kind {
+            run_command::ParamKind::Text => ParamKind::Text,
+            run_command::ParamKind::Template => ParamKind::Template,
+            run_command::ParamKind::App => ParamKind::App,
+            run_command::ParamKind::Choice => ParamKind::Choice,
+            run_command::ParamKind::Integer => ParamKind::Integer,
+            run_command::ParamKind::Boolean => ParamKind::Boolean,
+            run_command::ParamKind::Channels => ParamKind::Channels,
+        },
+        required: spec.required,
+        default_value: spec.default_value.map(str::to_string),
+        allowed: spec.allowed.into_iter().map(str::to_string).collect(),
+        help: spec.help.into(),
+    }
+}
+
+fn action_error_to_wit(error: run_command::ActionError) -> ActionError {
+    use run_command::ActionError as E;
+    match error {
+        E::UnknownAction(m) => ActionError::UnknownAction(m),
+        E::InvalidParams(m) => ActionError::InvalidParams(m),
+        E::Template(m) => ActionError::Template(m),
+        E::NotPermitted(m) => ActionError::NotPermitted(m),
+        E::Unauthenticated(e) => ActionError::Unauthenticated(api_error_to_wit(e)),
+        E::HerokuApi(e) => ActionError::HerokuApi(api_error_to_wit(e)),
+        E::Transport(m) => ActionError::Transport(m),
+        E::Internal(m) => ActionError::Internal(m),
+    }
+}
+
+/// The run's host: the `run-output`, `slack` and `timeline` imports.
+struct ImportedRunHost;
+
+impl run_command::RunHost for ImportedRunHost {
+    fn started(&self, dyno: &str, command: &str) {
+        run_output::started(dyno, command);
+    }
+
+    fn write(&self, chunk: &[u8]) {
+        run_output::write(chunk);
+    }
+
+    fn share(&self, channels: &[String], title: &str, comment: &str) -> Vec<run_command::Share> {
+        slack::share_output(channels, title, comment)
+            .into_iter()
+            .map(|outcome| run_command::Share {
+                channel: outcome.channel,
+                error: outcome.error,
+            })
+            .collect()
+    }
+
+    fn add_event(
+        &self,
+        incident: &str,
+        summary: &str,
+        details: Vec<(String, String)>,
+    ) -> Result<(), String> {
+        timeline::add_event(&timeline::Event {
+            incident_id: incident.into(),
+            summary: summary.into(),
+            details: details
+                .into_iter()
+                .map(|(key, value)| KeyValue { key, value })
+                .collect(),
+        })
+    }
+}
+
 /// The webhook secret the host keeps for the integration.
 fn webhook_secret() -> Result<String, String> {
     match storage::get(crate::WEBHOOK_SECRET_KEY) {
@@ -98,7 +252,53 @@ fn storage_message(err: storage::StorageError) -> String {
 /// `wasi:http` through `wstd`.
 struct WasiTransport;
 
+/// A streamed answer's body through `wstd`.
+struct WasiChunks(UnsyncBoxBody<Bytes, wstd::http::Error>);
+
+impl Chunks for WasiChunks {
+    async fn next(&mut self, wait: Duration) -> Read {
+        use wstd::future::FutureExt as _;
+        use wstd::http::body::util::BodyExt as _;
+        loop {
+            let frame = self
+                .0
+                .frame()
+                .timeout(wstd::time::Duration::from(wait))
+                .await;
+            return match frame {
+                Err(_) => Read::Idle,
+                Ok(None) => Read::End,
+                Ok(Some(Err(err))) => Read::Failed(err.to_string()),
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Read::Chunk(data.to_vec()),
+                    // Trailers carry no output.
+                    Err(_) => continue,
+                },
+            };
+        }
+    }
+}
+
 impl Transport for WasiTransport {
+    type Chunks = WasiChunks;
+
+    async fn open(&self, url: &str) -> Result<(u16, WasiChunks), String> {
+        let request = wstd::http::Request::get(url)
+            .body(wstd::http::Body::empty())
+            .map_err(|err| format!("GET {url}: {err}"))?;
+        let mut client = wstd::http::Client::new();
+        client.set_connect_timeout(Duration::from_secs(10));
+        client.set_first_byte_timeout(Duration::from_secs(30));
+        // A quiet command sends nothing for a while; the host bounds this too.
+        client.set_between_bytes_timeout(Duration::from_secs(300));
+        let response = client
+            .send(request)
+            .await
+            .map_err(|err| format!("GET {url} failed: {err}"))?;
+        let status = response.status().as_u16();
+        Ok((status, WasiChunks(response.into_body().into_boxed_body())))
+    }
+
     async fn send(
         &self,
         method: &str,

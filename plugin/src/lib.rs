@@ -7,10 +7,13 @@
 
 pub mod convert;
 pub mod event;
+pub mod log_session;
 pub mod platform_api;
 pub mod pulse;
+pub mod run_command;
 pub mod signature;
 pub mod subscriptions;
+pub mod template;
 
 #[cfg(target_family = "wasm")]
 mod component;

@@ -34,9 +34,35 @@ impl Response {
     }
 }
 
+/// A piece of a streamed answer, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The next bytes.
+    Chunk(Vec<u8>),
+    /// The answer ended.
+    End,
+    /// Nothing arrived within the wait; the stream is still open.
+    Idle,
+    /// The stream broke.
+    Failed(String),
+}
+
+/// An answer's body, read as it arrives.
+#[allow(async_fn_in_trait)]
+pub trait Chunks {
+    /// The next piece, waiting at most `wait` for it.
+    async fn next(&mut self, wait: Duration) -> Read;
+}
+
 /// Sends requests; `wasi:http` in the component.
 #[allow(async_fn_in_trait)]
 pub trait Transport {
+    /// A streamed answer's body.
+    type Chunks: Chunks;
+
+    /// GETs `url` (a log stream, say) and returns its status and its body as it arrives.
+    async fn open(&self, url: &str) -> Result<(u16, Self::Chunks), String>;
+
     /// Sends one request to `url`; an error means no answer was read.
     async fn send(
         &self,
@@ -86,6 +112,11 @@ impl<T: Transport> PlatformApi<T> {
             transport,
             base: base.trim_end_matches('/').to_string(),
         }
+    }
+
+    /// The transport, for requests outside the Platform API (log streams).
+    pub fn transport(&self) -> &T {
+        &self.transport
     }
 
     /// One call; a JSON body is sent when given. Returns the parsed JSON answer (`null`

@@ -4,7 +4,7 @@
 //! sends a GET to the URL in the `x-url` header, with an `Authorization` of its own, and
 //! reports what happened as the ignore reason. Without it, the component stores one pulse
 //! whose dedupe key is the body. Its `apply-settings` probes the host's allow-list (see
-//! there); `disconnect` changes nothing.
+//! there); `disconnect` changes nothing; it offers no actions.
 
 #[cfg(target_family = "wasm")]
 mod component {
@@ -109,6 +109,24 @@ mod component {
 
         fn disconnect(_: Context) -> Result<Vec<AppStatus>, LifecycleError> {
             Ok(Vec::new())
+        }
+    }
+
+    impl exports::pulse::plugin::actions::Guest for Faulty {
+        fn describe() -> Vec<exports::pulse::plugin::actions::ActionSpec> {
+            Vec::new()
+        }
+
+        fn invoke(
+            _: Context,
+            invocation: exports::pulse::plugin::actions::Invocation,
+        ) -> Result<
+            exports::pulse::plugin::actions::RunResult,
+            exports::pulse::plugin::actions::ActionError,
+        > {
+            Err(exports::pulse::plugin::actions::ActionError::UnknownAction(
+                invocation.action,
+            ))
         }
     }
 
