@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -13,7 +14,9 @@ use crate::connection::HerokuConfig;
 use crate::data_dir::{DataDir, TokenSource};
 use crate::database::Database;
 use crate::model::{AppWebhook, Connection};
+use crate::runs::RunRequest;
 use crate::server::{Host, ServeConfig, Server};
+use crate::slack::SlackConfig;
 
 /// Heroku builds and releases as pulses next to your incidents.
 #[derive(Debug, Parser)]
@@ -55,8 +58,41 @@ pub struct Cli {
     )]
     pub encryption_key: Option<String>,
 
+    #[command(flatten)]
+    pub slack: SlackArgs,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where Slack is and the bot token that shares run output.
+#[derive(Debug, Args)]
+pub struct SlackArgs {
+    /// Slack's Web API.
+    #[arg(
+        long = "slack-api-url",
+        env = "PULSE_SLACK_API_URL",
+        default_value = "https://slack.com/api",
+        global = true
+    )]
+    pub slack_api_url: String,
+    /// The Slack bot token (scopes files:write and chat:write) that shares run output.
+    #[arg(
+        long = "slack-token",
+        env = "PULSE_SLACK_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub slack_token: Option<String>,
+}
+
+impl SlackArgs {
+    fn config(&self) -> SlackConfig {
+        SlackConfig {
+            token: self.slack_token.clone().filter(|token| !token.is_empty()),
+            api_url: self.slack_api_url.trim_end_matches('/').to_string(),
+        }
+    }
 }
 
 /// Where Heroku is and the OAuth client registered with it.
@@ -118,6 +154,41 @@ pub enum Command {
     Service(ServiceCommand),
     /// List pulses, newest first.
     Pulses(PulsesArgs),
+    /// Run a command on a fresh one-off dyno of a monitored app, printing its output as it
+    /// arrives. Exits with the command's exit status (124 when it timed out and was stopped).
+    RunCommand(RunCommandArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunCommandArgs {
+    /// The integration whose Heroku account runs the command.
+    pub integration: String,
+    /// The command: a Liquid template rendered with the incident context. Values it
+    /// interpolates are shell-quoted (`| raw` opts out); the context is also in the dyno's
+    /// environment as INCIDENT_ID, INCIDENT_TITLE, ...
+    #[arg(long)]
+    pub command: String,
+    /// The app to run on: one of the integration's monitored apps.
+    #[arg(long = "app")]
+    pub app_name: String,
+    /// standard-1X (the default) or standard-2X.
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Stop the dyno after this many seconds (default and most: 1800).
+    #[arg(long)]
+    pub timeout_seconds: Option<i64>,
+    /// Record the run on the incident's timeline.
+    #[arg(long)]
+    pub record_timeline: bool,
+    /// A Slack channel id to share the output in; repeat for more.
+    #[arg(long = "slack-channel")]
+    pub slack_channels: Vec<String>,
+    /// The incident context as JSON: `{"incident": {"id": "...", "title": "...", ...}}`.
+    #[arg(long, conflicts_with = "context_file")]
+    pub context: Option<String>,
+    /// A file holding the incident context as JSON.
+    #[arg(long)]
+    pub context_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -183,8 +254,9 @@ pub struct PulsesArgs {
     pub json: bool,
 }
 
-/// Runs the command, writing what a person should see to `out`.
-pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+/// Runs the command, writing what a person should see to `out`; returns the process's exit
+/// code.
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<ExitCode> {
     let public_url = cli
         .public_url
         .clone()
@@ -197,17 +269,135 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             config.admin_token = args.admin_token;
             config.heroku = cli.heroku.config();
             config.encryption_key = cli.encryption_key;
-            serve(config, out).await
+            config.slack = cli.slack.config();
+            serve(config, out).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Integration(command) => {
             let mut config = ServeConfig::new(cli.listen, cli.data_dir.clone());
             config.heroku = cli.heroku.config();
             config.encryption_key = cli.encryption_key;
-            integration(&config, &public_url, command, out).await
+            integration(&config, &public_url, command, out)
+                .await
+                .map(|()| ExitCode::SUCCESS)
         }
-        Command::Service(command) => service(&admin(&cli.data_dir, &public_url)?, command, out),
-        Command::Pulses(args) => pulses(&admin(&cli.data_dir, &public_url)?, args, out),
+        Command::Service(command) => {
+            service(&admin(&cli.data_dir, &public_url)?, command, out).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Pulses(args) => {
+            pulses(&admin(&cli.data_dir, &public_url)?, args, out).map(|()| ExitCode::SUCCESS)
+        }
+        Command::RunCommand(args) => {
+            let mut config = ServeConfig::new(cli.listen, cli.data_dir.clone());
+            config.heroku = cli.heroku.config();
+            config.encryption_key = cli.encryption_key;
+            config.slack = cli.slack.config();
+            run_command(&config, &public_url, args, out).await
+        }
     }
+}
+
+/// Runs the command in this process, printing its output as the dyno writes it and a summary
+/// on stderr.
+async fn run_command(
+    config: &ServeConfig,
+    public_url: &str,
+    args: RunCommandArgs,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<ExitCode> {
+    let context = match (&args.context, &args.context_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the context file {}", path.display()))?,
+        (None, None) => anyhow::bail!(
+            "give the incident context with --context '{{\"incident\": {{\"id\": ...}}}}' \
+             or --context-file"
+        ),
+    };
+    let context: serde_json::Value =
+        serde_json::from_str(&context).context("the incident context is not JSON")?;
+
+    let mut params = serde_json::Map::new();
+    params.insert("command".into(), args.command.into());
+    params.insert("app_name".into(), args.app_name.into());
+    if let Some(size) = args.size {
+        params.insert("size".into(), size.into());
+    }
+    if let Some(timeout) = args.timeout_seconds {
+        params.insert("timeout_seconds".into(), timeout.into());
+    }
+    params.insert("record_timeline".into(), args.record_timeline.into());
+    params.insert("slack_channels".into(), args.slack_channels.into());
+
+    let host = host(config, public_url)?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let mut run = host
+        .runner
+        .start(RunRequest {
+            integration: args.integration,
+            action: "run-command".into(),
+            params,
+            context,
+            actor: format!("cli:{user}"),
+        })
+        .await?;
+    let mut announced = false;
+    while let Some(chunk) = run.output.next().await? {
+        if !announced {
+            announced = true;
+            announce(&run.progress.borrow())?;
+        }
+        out.write_all(&chunk)?;
+        out.flush()?;
+    }
+    let record = run.outcome.await.context("the run's task failed")??;
+    if !announced {
+        announce(&run.progress.borrow())?;
+    }
+
+    let result = record.result.unwrap_or_default();
+    let shown = |key: &str| result[key].as_str().unwrap_or_default().to_string();
+    let code = if result["timed_out"] == true {
+        eprintln!(
+            "run {}: {} timed out and was stopped after {} ms",
+            record.id,
+            shown("dyno"),
+            result["duration_ms"]
+        );
+        ExitCode::from(124)
+    } else {
+        let status = result["exit_status"].as_i64().unwrap_or(1);
+        eprintln!(
+            "run {}: {} exited with status {status} after {} ms ({} bytes of output)",
+            record.id,
+            shown("dyno"),
+            result["duration_ms"],
+            result["output_bytes"]
+        );
+        ExitCode::from(u8::try_from(status).unwrap_or(1))
+    };
+    for share in result["shares"].as_array().into_iter().flatten() {
+        match share["error"].as_str() {
+            None => eprintln!("  shared in {}", share["channel"].as_str().unwrap_or("?")),
+            Some(error) => eprintln!(
+                "  not shared in {}: {}",
+                share["channel"].as_str().unwrap_or("?"),
+                printable(error)
+            ),
+        }
+    }
+    if let Some(error) = result["timeline_error"].as_str() {
+        eprintln!("  not recorded on the timeline: {}", printable(error));
+    }
+    Ok(code)
+}
+
+/// Says on stderr which dyno runs what, so stdout stays the command's output alone.
+fn announce(progress: &crate::sandbox::Progress) -> std::io::Result<()> {
+    if let Some((dyno, command)) = &progress.started {
+        let mut err = std::io::stderr();
+        writeln!(err, "running on {dyno}: {}", printable(command))?;
+    }
+    Ok(())
 }
 
 /// Opens the data directory for a management command. A missing one is created, so an

@@ -11,7 +11,10 @@ use crate::admin::Admin;
 use crate::data_dir;
 use crate::database::{Database, DatabaseError};
 use crate::model::{self, AppWebhook, Connection};
-use crate::sandbox::{AppError, AppStatus, Context, Egress, LifecycleError, Plugin};
+use crate::sandbox::{
+    ActionError, ApiError, AppError, AppStatus, Context, Egress, Invocation, LifecycleError,
+    Plugin, RunResult, RunSink,
+};
 use crate::vault::Vault;
 
 /// Where Heroku is, and the OAuth client registered with it.
@@ -45,6 +48,16 @@ const LINK_LIFETIME: Duration = Duration::from_secs(5 * 60);
 
 /// A token this close to expiry is refreshed before use.
 const REFRESH_MARGIN: i64 = 5 * 60;
+
+/// A run needs its token for up to 40 minutes: one that expires sooner is refreshed first.
+const RUN_REFRESH_MARGIN: i64 = 45 * 60;
+
+/// What one call with a token came to.
+enum Attempt<R> {
+    Done(R),
+    /// Heroku refused the token.
+    Unauthenticated(ApiError),
+}
 
 /// The plugin's lifecycle calls.
 #[derive(Clone, Copy)]
@@ -290,43 +303,111 @@ impl Connector {
         Ok(DisconnectReport { failed, revoked })
     }
 
-    /// Runs a lifecycle call with a fresh token; after a 401 refreshes once and retries; when
-    /// refreshing fails, marks the integration disconnected with a reason to reconnect.
+    /// Runs a lifecycle call with a fresh token; see [`Connector::authorized`].
     async fn with_token(
         &self,
         context: &Context,
         call: Lifecycle,
     ) -> Result<Vec<AppStatus>, ConnectError> {
-        let integration = context.integration.as_str();
+        let database = self.database();
+        let plugin = &self.plugin;
+        self.authorized(
+            &context.integration,
+            REFRESH_MARGIN,
+            false,
+            move |egress| async move {
+                let result = match call {
+                    Lifecycle::Apply => plugin.apply_settings(database, context, egress).await,
+                    Lifecycle::Disconnect => plugin.disconnect(database, context, egress).await,
+                };
+                match result {
+                    Ok(Ok(statuses)) => Ok(Attempt::Done(statuses)),
+                    Ok(Err(LifecycleError::Unauthenticated(error))) => {
+                        Ok(Attempt::Unauthenticated(error))
+                    }
+                    Ok(Err(LifecycleError::Invalid(message))) => {
+                        Err(ConnectError::Invalid(message))
+                    }
+                    Ok(Err(LifecycleError::Internal(message))) => {
+                        Err(ConnectError::Plugin(message))
+                    }
+                    Err(err) => Err(ConnectError::Plugin(err.to_string())),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Runs an action of the plugin with a token that lasts the whole run, writing its output
+    /// to the sinks `sink` makes (a fresh one for each attempt).
+    pub async fn run_action(
+        &self,
+        context: &Context,
+        invocation: &Invocation,
+        sink: impl Fn() -> std::io::Result<RunSink> + Sync,
+    ) -> Result<Result<RunResult, ActionError>, ConnectError> {
+        let database = self.database();
+        let plugin = &self.plugin;
+        let sink = &sink;
+        self.authorized(
+            &context.integration,
+            RUN_REFRESH_MARGIN,
+            true,
+            move |egress| async move {
+                let sink = sink().map_err(|err| {
+                    ConnectError::Plugin(format!("cannot open the run's output file: {err}"))
+                })?;
+                match plugin
+                    .invoke(database, context, invocation, egress, sink)
+                    .await
+                {
+                    // The plugin reports a refused token only before it changed anything.
+                    Ok(Err(ActionError::Unauthenticated(error))) => {
+                        Ok(Attempt::Unauthenticated(error))
+                    }
+                    Ok(result) => Ok(Attempt::Done(result)),
+                    Err(err) => Err(ConnectError::Plugin(err.to_string())),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Runs `call` with a token that is good for at least `margin` seconds; after a refusal
+    /// (401) refreshes once and retries; when refreshing fails, or the fresh token is refused
+    /// too, marks the integration disconnected with a reason to reconnect.
+    async fn authorized<R, F>(
+        &self,
+        integration: &str,
+        margin: i64,
+        log_streams: bool,
+        mut call: impl FnMut(Egress) -> F,
+    ) -> Result<R, ConnectError>
+    where
+        F: Future<Output = Result<Attempt<R>, ConnectError>>,
+    {
+        let origin =
+            crate::sandbox::origin_of(
+                &self.heroku.api_url.parse().map_err(|_| {
+                    ConnectError::Invalid("PULSE_HEROKU_API_URL is not a URL".into())
+                })?,
+            );
         let mut credentials = self.credentials(integration)?;
-        if credentials.expires_at - unix_now() < REFRESH_MARGIN {
+        if credentials.expires_at - unix_now() < margin {
             credentials = self.refresh(integration, credentials).await?;
         }
         for attempt in 0..2 {
             let egress = Egress {
-                origin: crate::sandbox::origin_of(&self.heroku.api_url.parse().map_err(|_| {
-                    ConnectError::Invalid("PULSE_HEROKU_API_URL is not a URL".into())
-                })?),
+                origin: origin.clone(),
                 token: Some(credentials.access_token.clone()),
+                log_streams,
             };
-            let result = match call {
-                Lifecycle::Apply => {
-                    self.plugin
-                        .apply_settings(self.database(), context, egress)
-                        .await
-                }
-                Lifecycle::Disconnect => {
-                    self.plugin
-                        .disconnect(self.database(), context, egress)
-                        .await
-                }
-            };
-            match result {
-                Ok(Ok(statuses)) => return Ok(statuses),
-                Ok(Err(LifecycleError::Unauthenticated(_))) if attempt == 0 => {
+            match call(egress).await? {
+                Attempt::Done(result) => return Ok(result),
+                Attempt::Unauthenticated(_) if attempt == 0 => {
                     credentials = self.refresh(integration, credentials).await?;
                 }
-                Ok(Err(LifecycleError::Unauthenticated(error))) => {
+                Attempt::Unauthenticated(error) => {
                     let reason = format!(
                         "Heroku refused a fresh token ({} {}): reconnect the integration",
                         error.status, error.id
@@ -335,13 +416,6 @@ impl Connector {
                         .disconnect(integration, &reason, &model::now())?;
                     return Err(ConnectError::Reconnect(reason));
                 }
-                Ok(Err(LifecycleError::Invalid(message))) => {
-                    return Err(ConnectError::Invalid(message));
-                }
-                Ok(Err(LifecycleError::Internal(message))) => {
-                    return Err(ConnectError::Plugin(message));
-                }
-                Err(err) => return Err(ConnectError::Plugin(err.to_string())),
             }
         }
         unreachable!("the loop returns on its second attempt")
@@ -444,7 +518,7 @@ impl Connector {
         revoked
     }
 
-    fn existing(&self, integration: &str) -> Result<model::Integration, ConnectError> {
+    pub fn existing(&self, integration: &str) -> Result<model::Integration, ConnectError> {
         self.database().integration(integration)?.ok_or_else(|| {
             ConnectError::NotFound(format!(
                 "no integration named {:?}",
@@ -453,7 +527,7 @@ impl Connector {
         })
     }
 
-    fn context(&self, integration: &str) -> Result<Context, ConnectError> {
+    pub fn context(&self, integration: &str) -> Result<Context, ConnectError> {
         let found = self.existing(integration)?;
         Ok(Context {
             webhook_url: self.admin.webhook_url(&found.name),

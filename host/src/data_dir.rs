@@ -52,6 +52,11 @@ impl DataDir {
         self.root.join("compiled")
     }
 
+    /// Where runs' output files are kept.
+    pub fn runs(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
     /// The key that seals credentials, when none is configured.
     pub fn encryption_key(&self) -> PathBuf {
         self.root.join("encryption-key")

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection as Sqlite, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::model::{AppWebhook, Connection, Integration, NewPulse, Service, StoredPulse};
+use crate::model::{
+    AppWebhook, Connection, Integration, NewPulse, NewTimelineEvent, Run, Service, StoredPulse,
+    TimelineEvent,
+};
 
 /// A storage failure. The message names the operation; SQL text and values are not included.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,35 @@ CREATE TABLE IF NOT EXISTS one_time (
     integration TEXT NOT NULL,
     expires_at  INTEGER NOT NULL
 ) STRICT;
+
+-- Runs of actions; their output is a file in the data directory's `runs/`.
+CREATE TABLE IF NOT EXISTS runs (
+    id          INTEGER PRIMARY KEY,
+    integration TEXT NOT NULL REFERENCES integrations(name) ON DELETE CASCADE,
+    action      TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    incident_id TEXT,
+    params      TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('running', 'finished', 'failed')),
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    result      TEXT,
+    error       TEXT,
+    output_bytes INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS runs_by_integration ON runs (integration, id);
+
+CREATE TABLE IF NOT EXISTS timeline_events (
+    id          INTEGER PRIMARY KEY,
+    incident_id TEXT NOT NULL,
+    at          TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    summary     TEXT NOT NULL,
+    details     TEXT NOT NULL,
+    run_id      INTEGER,
+    output_url  TEXT
+) STRICT;
+CREATE INDEX IF NOT EXISTS timeline_by_incident ON timeline_events (incident_id, id);
 
 CREATE TABLE IF NOT EXISTS services (
     name            TEXT PRIMARY KEY,
@@ -400,6 +432,152 @@ impl Database {
             .map(|found| found.filter(|(_, expires)| *expires >= now).map(|(name, _)| name))
     }
 
+    // --- runs and the timeline -------------------------------------------------------------
+
+    /// Records a run as started; returns its id.
+    pub fn start_run(
+        &self,
+        integration: &str,
+        action: &str,
+        actor: &str,
+        incident_id: Option<&str>,
+        params: &serde_json::Value,
+        now: &str,
+    ) -> Result<i64, DatabaseError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO runs (integration, action, actor, incident_id, params, state, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+            params![
+                integration,
+                action,
+                actor,
+                incident_id,
+                params.to_string(),
+                now
+            ],
+        )
+        .context("record a run")?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Records how a run ended: `result` when it ran, `error` when it could not.
+    pub fn finish_run(
+        &self,
+        id: i64,
+        result: Option<&serde_json::Value>,
+        error: Option<&str>,
+        output_bytes: u64,
+        now: &str,
+    ) -> Result<(), DatabaseError> {
+        let state = if error.is_some() {
+            "failed"
+        } else {
+            "finished"
+        };
+        self.conn()
+            .execute(
+                "UPDATE runs SET state = ?2, result = ?3, error = ?4, output_bytes = ?5,
+                     finished_at = ?6
+                 WHERE id = ?1",
+                params![
+                    id,
+                    state,
+                    result.map(|r| r.to_string()),
+                    error,
+                    output_bytes as i64,
+                    now
+                ],
+            )
+            .context("record the end of a run")?;
+        Ok(())
+    }
+
+    /// Marks runs still `running` as failed: after a restart nothing is following them.
+    pub fn abandon_runs(&self, now: &str) -> Result<usize, DatabaseError> {
+        self.conn()
+            .execute(
+                "UPDATE runs SET state = 'failed', finished_at = ?1,
+                     error = 'the host stopped while the run was going on; its dyno ends at \
+                              its time to live'
+                 WHERE state = 'running'",
+                [now],
+            )
+            .context("mark abandoned runs")
+    }
+
+    pub fn run(&self, id: i64) -> Result<Option<Run>, DatabaseError> {
+        self.conn()
+            .query_row(&format!("{RUN_COLUMNS} WHERE id = ?1"), [id], run_from_row)
+            .optional()
+            .context("read a run")
+    }
+
+    /// An integration's runs, newest first.
+    pub fn runs(&self, integration: &str, limit: u32) -> Result<Vec<Run>, DatabaseError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(&format!(
+                "{RUN_COLUMNS} WHERE integration = ?1 ORDER BY id DESC LIMIT ?2"
+            ))
+            .context("list runs")?;
+        let rows = statement
+            .query_map(params![integration, limit], run_from_row)
+            .context("list runs")?;
+        rows.collect::<Result<_, _>>().context("list runs")
+    }
+
+    pub fn add_timeline_event(
+        &self,
+        event: &NewTimelineEvent,
+        now: &str,
+    ) -> Result<i64, DatabaseError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO timeline_events
+                 (incident_id, at, source, summary, details, run_id, output_url)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                event.incident_id,
+                now,
+                event.source,
+                event.summary,
+                event.details.to_string(),
+                event.run_id,
+                event.output_url
+            ],
+        )
+        .context("record a timeline event")?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// An incident's timeline, oldest first.
+    pub fn timeline(&self, incident_id: &str) -> Result<Vec<TimelineEvent>, DatabaseError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT id, incident_id, at, source, summary, details, run_id, output_url
+                 FROM timeline_events WHERE incident_id = ?1 ORDER BY id",
+            )
+            .context("read a timeline")?;
+        let rows = statement
+            .query_map([incident_id], |row| {
+                let details: String = row.get(5)?;
+                Ok(TimelineEvent {
+                    id: row.get(0)?,
+                    incident_id: row.get(1)?,
+                    at: row.get(2)?,
+                    source: row.get(3)?,
+                    summary: row.get(4)?,
+                    details: serde_json::from_str(&details).unwrap_or_default(),
+                    run_id: row.get(6)?,
+                    output_url: row.get(7)?,
+                })
+            })
+            .context("read a timeline")?;
+        rows.collect::<Result<_, _>>().context("read a timeline")
+    }
+
     // --- the plugins' key-value spaces ----------------------------------------------------
 
     pub fn kv_get(&self, integration: &str, key: &str) -> Result<Option<Vec<u8>>, DatabaseError> {
@@ -658,6 +836,27 @@ impl Database {
             .optional()
             .context("read a pulse")
     }
+}
+
+const RUN_COLUMNS: &str = "SELECT id, integration, action, actor, incident_id, params, state,
+    started_at, finished_at, result, error, output_bytes FROM runs";
+
+fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Run> {
+    let json = |text: Option<String>| text.and_then(|text| serde_json::from_str(&text).ok());
+    Ok(Run {
+        id: row.get(0)?,
+        integration: row.get(1)?,
+        action: row.get(2)?,
+        actor: row.get(3)?,
+        incident_id: row.get(4)?,
+        params: json(row.get(5)?).unwrap_or_default(),
+        state: row.get(6)?,
+        started_at: row.get(7)?,
+        finished_at: row.get(8)?,
+        result: json(row.get(9)?),
+        error: row.get(10)?,
+        output_bytes: row.get::<_, i64>(11)? as u64,
+    })
 }
 
 fn integration_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Integration> {

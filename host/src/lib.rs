@@ -12,8 +12,11 @@ pub mod data_dir;
 pub mod database;
 pub mod model;
 mod oauth;
+mod run_api;
+pub mod runs;
 pub mod sandbox;
 pub mod server;
+pub mod slack;
 pub mod vault;
 mod webhook;
 

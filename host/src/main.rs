@@ -19,7 +19,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mut out = std::io::stdout();
     match cli::run(cli, &mut out).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             std::process::ExitCode::FAILURE

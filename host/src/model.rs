@@ -38,6 +38,85 @@ pub struct AppWebhook {
     pub updated_at: String,
 }
 
+/// An event to record on an incident's timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTimelineEvent {
+    /// The incident, as the workflow engine names it.
+    pub incident_id: String,
+    /// The integration that recorded it.
+    pub source: String,
+    pub summary: String,
+    /// Facts about the event, a JSON object of strings.
+    pub details: serde_json::Value,
+    pub run_id: Option<i64>,
+    /// A link to the run's output.
+    pub output_url: Option<String>,
+}
+
+impl NewTimelineEvent {
+    /// Incident ids are printable and at most 256 bytes; summaries 1 to 1,024 bytes; details
+    /// at most 16 KiB of JSON.
+    pub fn check(&self) -> Result<(), Invalid> {
+        check_incident_id(&self.incident_id)?;
+        if self.summary.is_empty() || self.summary.len() > 1024 {
+            return Err(Invalid(
+                "a timeline summary must be 1 to 1,024 bytes".into(),
+            ));
+        }
+        if self.details.to_string().len() > 16 << 10 {
+            return Err(Invalid("timeline details are limited to 16 KiB".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Incident ids come from workflow engines: any printable text up to 256 bytes.
+pub fn check_incident_id(id: &str) -> Result<(), Invalid> {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+        return Err(Invalid(format!(
+            "incident id {:?} is not valid: use 1 to 256 printable characters",
+            shorten(id)
+        )));
+    }
+    Ok(())
+}
+
+/// A recorded timeline event, as the API lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TimelineEvent {
+    pub id: i64,
+    pub incident_id: String,
+    pub at: String,
+    pub source: String,
+    pub summary: String,
+    pub details: serde_json::Value,
+    pub run_id: Option<i64>,
+    pub output_url: Option<String>,
+}
+
+/// One run of an action, as stored and listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub integration: String,
+    pub action: String,
+    /// Who started it: `admin` (the API) or `cli:<user>`.
+    pub actor: String,
+    pub incident_id: Option<String>,
+    /// The parameters as given.
+    pub params: serde_json::Value,
+    /// `running`, `finished` (the command ended or timed out) or `failed` (it could not run).
+    pub state: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// What the run did, once finished: dyno, exit, duration, output size, command, shares.
+    pub result: Option<serde_json::Value>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+    /// Bytes of output kept.
+    pub output_bytes: u64,
+}
+
 /// Something incidents are about, linked to pulses by its Heroku app name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {

@@ -30,9 +30,11 @@ use crate::admin::{Admin, AdminError, PulseQuery};
 use crate::connection::{ConnectError, Connector, HerokuConfig};
 use crate::data_dir::{DataDir, TokenSource};
 use crate::database::Database;
+use crate::runs::Runner;
 use crate::sandbox::{Limits, Plugin, Runtime};
+use crate::slack::{Slack, SlackConfig};
 use crate::vault::Vault;
-use crate::{oauth, webhook};
+use crate::{oauth, run_api, webhook};
 
 /// The Heroku plugin this host was built with.
 pub static HEROKU_PLUGIN: &[u8] = include_bytes!(env!("PULSE_HEROKU_PLUGIN_WASM"));
@@ -58,6 +60,8 @@ pub struct ServeConfig {
     /// The key that seals credentials (base64, 32 bytes); generated into the data directory
     /// when not given.
     pub encryption_key: Option<String>,
+    /// Where Slack is, and the bot token that shares run output.
+    pub slack: SlackConfig,
 }
 
 impl ServeConfig {
@@ -72,6 +76,7 @@ impl ServeConfig {
             limits: Limits::default(),
             heroku: HerokuConfig::default(),
             encryption_key: None,
+            slack: SlackConfig::default(),
         }
     }
 }
@@ -83,6 +88,7 @@ pub struct Host {
     pub admin: Admin,
     pub plugin: Plugin,
     pub connector: Connector,
+    pub runner: Runner,
     runtime: Arc<Runtime>,
 }
 
@@ -103,10 +109,18 @@ impl Host {
         };
         let admin = Admin::new(database, public_url);
         let connector = Connector::new(admin.clone(), vault, config.heroku.clone(), plugin.clone());
+        let runner = Runner::new(
+            connector.clone(),
+            admin.database().clone(),
+            data_dir.runs(),
+            Slack::new(config.slack.clone()),
+            public_url,
+        );
         Ok(Host {
             admin,
             plugin,
             connector,
+            runner,
             runtime,
         })
     }
@@ -180,6 +194,13 @@ impl Server {
             .unwrap_or_else(|| format!("http://{addr}"));
 
         let host = Host::open(&config, &data_dir, &public_url)?;
+        let abandoned = host.admin.database().abandon_runs(&crate::model::now())?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "runs left going when the host last stopped are marked failed"
+            );
+        }
         let runtime = host.runtime.clone();
         let state = AppState {
             host,
@@ -311,6 +332,15 @@ fn router(state: AppState) -> Router {
             "/integrations/{name}/heroku",
             axum::routing::delete(disconnect_heroku),
         )
+        .route("/integrations/{name}/actions", get(run_api::describe))
+        .route(
+            "/integrations/{name}/actions/{action}",
+            post(run_api::run_action),
+        )
+        .route("/integrations/{name}/runs", get(run_api::list_runs))
+        .route("/runs/{id}", get(run_api::get_run))
+        .route("/runs/{id}/output", get(run_api::run_output))
+        .route("/incidents/{id}/timeline", get(run_api::timeline))
         .route("/services", get(list_services))
         .route("/services/{name}", put(put_service).delete(delete_service))
         .route("/pulses", get(list_pulses))
@@ -442,6 +472,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// An error answered with `response`, normally one made by [`error_response`].
+    pub(crate) fn from_response(response: Response) -> ApiError {
+        ApiError(response)
+    }
+}
+
 impl From<AdminError> for ApiError {
     fn from(err: AdminError) -> Self {
         ApiError(err.into_response())
@@ -472,7 +509,7 @@ where
 
 /// A JSON request body: another content type is a 415, a body above the limit a 413, and
 /// unknown fields or wrong types a 400 that says which.
-struct ApiJson<T>(T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -670,19 +707,24 @@ async fn pulse_raw(
     Ok(([(header::CONTENT_TYPE, "application/json")], raw).into_response())
 }
 
+/// The status and code a connection error is answered with.
+pub(crate) fn connect_status(err: &ConnectError) -> (StatusCode, &'static str) {
+    match err {
+        ConnectError::NotConfigured(_) => (StatusCode::CONFLICT, "not_configured"),
+        ConnectError::NotConnected(_) => (StatusCode::CONFLICT, "not_connected"),
+        ConnectError::Reconnect(_) => (StatusCode::CONFLICT, "reconnect"),
+        ConnectError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+        ConnectError::BadState => (StatusCode::BAD_REQUEST, "bad_state"),
+        ConnectError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        ConnectError::Identity(_) => (StatusCode::BAD_GATEWAY, "heroku_identity"),
+        ConnectError::Plugin(_) => (StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed"),
+        ConnectError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
+}
+
 impl From<ConnectError> for ApiError {
     fn from(err: ConnectError) -> Self {
-        let (status, code) = match &err {
-            ConnectError::NotConfigured(_) => (StatusCode::CONFLICT, "not_configured"),
-            ConnectError::NotConnected(_) => (StatusCode::CONFLICT, "not_connected"),
-            ConnectError::Reconnect(_) => (StatusCode::CONFLICT, "reconnect"),
-            ConnectError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
-            ConnectError::BadState => (StatusCode::BAD_REQUEST, "bad_state"),
-            ConnectError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ConnectError::Identity(_) => (StatusCode::BAD_GATEWAY, "heroku_identity"),
-            ConnectError::Plugin(_) => (StatusCode::INTERNAL_SERVER_ERROR, "plugin_failed"),
-            ConnectError::Database(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
+        let (status, code) = connect_status(&err);
         if status.is_server_error() {
             tracing::error!(error = %err, "a connection request failed");
         }

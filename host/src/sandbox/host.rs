@@ -1,12 +1,18 @@
-//! What a plugin instance may call: its integration's storage and the log. Each call's state
-//! names one integration, so a plugin cannot reach another's keys.
+//! What a plugin instance may call: its integration's storage, the log and, during an
+//! action's run, the run's output, Slack and the incident timeline. Each call's state names
+//! one integration, so a plugin cannot reach another's keys.
 
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use tokio::sync::watch;
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::pulse::plugin::{log, storage};
+use super::bindings::pulse::plugin::{log, run_output, slack, storage, timeline};
 use crate::database::Database;
+use crate::slack::Slack;
 
 /// The largest key and value a plugin may store.
 const MAX_KEY_BYTES: usize = 512;
@@ -28,6 +34,136 @@ pub struct CallState {
     pub(super) limits: StoreLimits,
     pub(super) integration: String,
     pub(super) database: Database,
+    /// Where a run's output goes; none outside action calls.
+    pub(super) run: Option<RunSink>,
+}
+
+/// The most output a run keeps; past it, output is dropped and the spool says so.
+const MAX_OUTPUT_BYTES: u64 = 1 << 30;
+
+/// How far a run has got, for whoever follows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The dyno and the command, once the run has started.
+    pub started: Option<(String, String)>,
+    /// Bytes of output written to the spool so far.
+    pub written: u64,
+}
+
+/// Where one run's output, Slack shares and timeline events go.
+pub struct RunSink {
+    /// The run's id in the database.
+    pub run_id: i64,
+    /// The output, appended as it arrives: memory stays flat however long it is.
+    pub spool: std::fs::File,
+    pub spool_path: PathBuf,
+    /// A link to the output, for the timeline.
+    pub output_url: String,
+    pub progress: std::sync::Arc<watch::Sender<Progress>>,
+    pub slack: Slack,
+    /// Set when output past [`MAX_OUTPUT_BYTES`] was dropped.
+    pub truncated: bool,
+}
+
+impl CallState {
+    fn sink(&mut self) -> Option<&mut RunSink> {
+        self.run.as_mut()
+    }
+}
+
+impl run_output::Host for CallState {
+    fn started(&mut self, dyno: String, command: String) {
+        if let Some(sink) = self.sink() {
+            sink.progress
+                .send_modify(|progress| progress.started = Some((dyno, command)));
+        }
+    }
+
+    fn write(&mut self, chunk: Vec<u8>) {
+        let integration = self.integration.clone();
+        let Some(sink) = self.sink() else { return };
+        let written = sink.progress.borrow().written;
+        if written + chunk.len() as u64 > MAX_OUTPUT_BYTES {
+            if !sink.truncated {
+                sink.truncated = true;
+                tracing::warn!(
+                    integration,
+                    run = sink.run_id,
+                    "run output past 1 GiB dropped"
+                );
+            }
+            return;
+        }
+        match sink.spool.write_all(&chunk) {
+            Ok(()) => sink
+                .progress
+                .send_modify(|progress| progress.written += chunk.len() as u64),
+            Err(err) => {
+                tracing::error!(integration, run = sink.run_id, error = %err, "spooling run output failed")
+            }
+        }
+    }
+}
+
+impl slack::Host for CallState {
+    async fn share_output(
+        &mut self,
+        channels: Vec<String>,
+        title: String,
+        comment: String,
+    ) -> Vec<slack::ShareOutcome> {
+        let Some(sink) = self.run.as_mut() else {
+            return channels
+                .into_iter()
+                .map(|channel| slack::ShareOutcome {
+                    channel,
+                    error: Some("there is no run output to share outside a run".into()),
+                })
+                .collect();
+        };
+        if let Err(err) = sink.spool.flush().and_then(|()| sink.spool.sync_data()) {
+            tracing::error!(run = sink.run_id, error = %err, "flushing run output failed");
+        }
+        let filename = format!("run-{}.txt", sink.run_id);
+        sink.slack
+            .share_file(&channels, &sink.spool_path, &filename, &title, &comment)
+            .await
+            .into_iter()
+            .map(|share| slack::ShareOutcome {
+                channel: share.channel,
+                error: share.error,
+            })
+            .collect()
+    }
+}
+
+impl timeline::Host for CallState {
+    fn add_event(&mut self, event: timeline::Event) -> Result<(), String> {
+        let Some(sink) = self.run.as_ref() else {
+            return Err("timeline events are recorded only during a run".into());
+        };
+        let details: serde_json::Map<String, serde_json::Value> = event
+            .details
+            .into_iter()
+            .map(|pair| (pair.key, serde_json::Value::String(pair.value)))
+            .collect();
+        let new = crate::model::NewTimelineEvent {
+            incident_id: event.incident_id,
+            source: self.integration.clone(),
+            summary: event.summary,
+            details: serde_json::Value::Object(details),
+            run_id: Some(sink.run_id),
+            output_url: Some(sink.output_url.clone()),
+        };
+        new.check().map_err(|err| err.to_string())?;
+        self.database
+            .add_timeline_event(&new, &crate::model::now())
+            .map(|_| ())
+            .map_err(|err| {
+                tracing::error!(error = %err, "recording a timeline event failed");
+                "the host's storage failed; the error is logged".to_string()
+            })
+    }
 }
 
 impl wasmtime_wasi_http::WasiHttpView for CallState {

@@ -21,7 +21,11 @@ use wasmtime_wasi::WasiCtx;
 
 use crate::database::Database;
 
-pub use host::CallState;
+pub use actions::{
+    ActionError, ActionSpec, Exit, Invocation, Param, ParamKind, ParamSpec, ParamValue, RunResult,
+};
+pub use bindings::pulse::plugin::slack::ShareOutcome;
+pub use host::{CallState, Progress, RunSink};
 pub use http::{Egress, origin_of};
 
 /// Bindings generated from `wit/`: the `integration` world as the host sees it.
@@ -29,11 +33,12 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         world: "integration",
         path: "../wit",
+        imports: { "pulse:plugin/slack.share-output": async },
         exports: { default: async },
     });
 }
 
-use bindings::exports::pulse::plugin::{lifecycle, webhooks};
+use bindings::exports::pulse::plugin::{actions, lifecycle, webhooks};
 pub use bindings::pulse::plugin::types::{ApiError, Context, KeyValue, Pulse, Timestamp};
 pub use lifecycle::{AppError, AppStatus, LifecycleError};
 pub use webhooks::{Delivery, DeliveryError, Header, Outcome};
@@ -48,6 +53,9 @@ pub struct Limits {
     /// How long a lifecycle call may take: it makes several API requests, and may wait out
     /// a rate limit.
     pub lifecycle_deadline: Duration,
+    /// How long an action's run may take in all: its command's longest timeout (30
+    /// minutes) and time to start the dyno and share the output.
+    pub action_deadline: Duration,
     /// How many calls may run at once; also the size of the instance pool.
     pub concurrency: u32,
 }
@@ -58,6 +66,7 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
             deadline: Duration::from_secs(2),
             lifecycle_deadline: Duration::from_secs(120),
+            action_deadline: Duration::from_secs(40 * 60),
             concurrency: 64,
         }
     }
@@ -242,6 +251,7 @@ impl Plugin {
             database,
             &context.integration,
             Egress::default(),
+            None,
             deadline,
             async |plugin, store| {
                 plugin
@@ -266,6 +276,7 @@ impl Plugin {
             database,
             &context.integration,
             egress,
+            None,
             deadline,
             async |plugin, store| {
                 plugin
@@ -289,11 +300,52 @@ impl Plugin {
             database,
             &context.integration,
             egress,
+            None,
             deadline,
             async |plugin, store| {
                 plugin
                     .pulse_plugin_lifecycle()
                     .call_disconnect(store, context)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// The actions the plugin offers.
+    pub async fn describe(&self, database: &Database) -> Result<Vec<ActionSpec>, CallError> {
+        let deadline = self.limits.deadline;
+        self.call(
+            database,
+            "(describe)",
+            Egress::default(),
+            None,
+            deadline,
+            async |plugin, store| plugin.pulse_plugin_actions().call_describe(store).await,
+        )
+        .await
+    }
+
+    /// Runs an action to its end; it may reach `egress`, and writes its output to `sink`.
+    pub async fn invoke(
+        &self,
+        database: &Database,
+        context: &Context,
+        invocation: &Invocation,
+        egress: Egress,
+        sink: RunSink,
+    ) -> Result<Result<RunResult, ActionError>, CallError> {
+        let deadline = self.limits.action_deadline;
+        self.call(
+            database,
+            &context.integration,
+            egress,
+            Some(sink),
+            deadline,
+            async |plugin, store| {
+                plugin
+                    .pulse_plugin_actions()
+                    .call_invoke(store, context, invocation)
                     .await
             },
         )
@@ -306,6 +358,7 @@ impl Plugin {
         database: &Database,
         integration: &str,
         egress: Egress,
+        run: Option<RunSink>,
         deadline: Duration,
         call: impl AsyncFnOnce(&bindings::Integration, &mut Store<CallState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
@@ -314,7 +367,7 @@ impl Plugin {
             .try_acquire()
             .map_err(|_| CallError::Busy(self.limits.concurrency))?;
         let started = Instant::now();
-        let mut store = self.store(database, integration, egress, deadline);
+        let mut store = self.store(database, integration, egress, run, deadline);
 
         let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
@@ -335,6 +388,7 @@ impl Plugin {
         database: &Database,
         integration: &str,
         egress: Egress,
+        run: Option<RunSink>,
         deadline: Duration,
     ) -> Store<CallState> {
         let limits: StoreLimits = StoreLimitsBuilder::new()
@@ -350,11 +404,13 @@ impl Plugin {
             hooks: http::OutboundHooks {
                 egress,
                 integration: integration.to_string(),
+                log_streams: Default::default(),
             },
             table: ResourceTable::new(),
             limits,
             integration: integration.to_string(),
             database: database.clone(),
+            run,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
