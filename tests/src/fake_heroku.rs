@@ -1,6 +1,7 @@
 //! A fake Heroku on loopback: the identity service (OAuth authorize and token endpoints) and
-//! the Platform API's app-webhook and OAuth-authorization endpoints, each on its own port so
-//! they are different origins, as `id.heroku.com` and `api.heroku.com` are.
+//! the Platform API's app-webhook, dyno, log-session and OAuth-authorization endpoints, and
+//! a log-stream server, each on its own port so they are different origins, as
+//! `id.heroku.com`, `api.heroku.com` and `logplex.heroku.com` are.
 //!
 //! It behaves like the real service where the tests depend on it: the v3 `Accept` header is
 //! required (406), a valid bearer token is required (401), request bodies are validated
@@ -25,6 +26,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+
+mod dynos;
+pub use dynos::{Dyno, Script};
 
 /// The media type the Platform API requires.
 const V3: &str = "application/vnd.heroku+json; version=3";
@@ -65,6 +69,8 @@ pub enum Side {
     Id,
     /// The Platform API (`api.heroku.com`).
     Api,
+    /// The log-stream server (`logplex.heroku.com`).
+    Logs,
 }
 
 /// A request the fake received.
@@ -164,6 +170,7 @@ struct FakeState {
     secrets: Vec<String>,
     create_validator: Arc<jsonschema::Validator>,
     update_validator: Arc<jsonschema::Validator>,
+    dynos: dynos::Dynos,
 }
 
 /// A running fake Heroku. Dropping it stops both servers.
@@ -236,6 +243,7 @@ impl FakeHeroku {
             requests: Vec::new(),
             create_validator: Arc::new(link_validator("app-webhook", "create")),
             update_validator: Arc::new(link_validator("app-webhook", "update")),
+            dynos: dynos::Dynos::new(),
         }));
 
         let api = Router::new()
@@ -247,6 +255,12 @@ impl FakeHeroku {
                 "/apps/{app}/webhooks/{id}",
                 patch(update_webhook).delete(delete_webhook),
             )
+            .route("/apps/{app}/dynos", post(dynos::create_dyno))
+            .route(
+                "/apps/{app}/dynos/{dyno}/actions/stop",
+                post(dynos::stop_dyno),
+            )
+            .route("/apps/{app}/log-sessions", post(dynos::create_log_session))
             .route("/oauth/authorizations", get(list_authorizations))
             .route("/oauth/authorizations/{id}", delete(revoke_authorization))
             .fallback(|| async {
@@ -274,13 +288,23 @@ impl FakeHeroku {
             ))
             .with_state(state.clone());
 
+        let logs = Router::new()
+            .route("/sessions/{id}", get(dynos::stream_session))
+            .layer(axum::middleware::from_fn_with_state(
+                (state.clone(), Side::Logs),
+                record,
+            ))
+            .with_state(state.clone());
+
         let (api_addr, api_task) = serve(api).await;
         let (id_addr, id_task) = serve(id).await;
+        let (logs_addr, logs_task) = serve(logs).await;
+        state.lock().unwrap().dynos.logs_url = format!("http://{logs_addr}");
         FakeHeroku {
             state,
             api_addr,
             id_addr,
-            tasks: vec![api_task, id_task],
+            tasks: vec![api_task, id_task, logs_task],
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()

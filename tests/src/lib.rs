@@ -2,6 +2,7 @@
 //! temporary data directory, and an HTTP client that talks to it like Heroku and an admin do.
 
 pub mod fake_heroku;
+pub mod fake_slack;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
@@ -86,6 +87,8 @@ pub struct Options {
     pub admin_token: Option<String>,
     /// Where Heroku is; the real one (never called unless connected) when unset.
     pub heroku: Option<HerokuConfig>,
+    /// Where Slack is and its token; none configured when unset.
+    pub slack: Option<pulse_host::slack::SlackConfig>,
 }
 
 impl Options {
@@ -134,6 +137,9 @@ impl TestHost {
         }
         if let Some(heroku) = &options.heroku {
             config.heroku = heroku.clone();
+        }
+        if let Some(slack) = &options.slack {
+            config.slack = slack.clone();
         }
         let server = Server::start(config).await.expect("the server starts");
         let client = reqwest::Client::builder()
