@@ -5,10 +5,12 @@ use std::path::Path;
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let wasm = pulse_wasm_build::build_component(
-        "heroku-plugin",
+        "heroku-component",
         &[
             &root.join("plugin/src"),
             &root.join("plugin/Cargo.toml"),
+            &root.join("plugin/component/src"),
+            &root.join("plugin/component/Cargo.toml"),
             &root.join("wit"),
         ],
     );

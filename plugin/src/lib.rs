@@ -1,8 +1,8 @@
 //! The Heroku integration: turns signed webhook deliveries into pulses, and keeps a webhook
 //! on exactly the monitored apps.
 //!
-//! The core (`handle` and the modules below) is plain Rust so it can be tested and benchmarked
-//! natively; `component` is the thin `wit-bindgen` layer that exports it as a WASI 0.2
+//! This is the core, plain Rust that does not depend on `wit-bindgen`, so it is tested and
+//! benchmarked natively; `plugin/component` is the thin layer that exports it as a WASI 0.2
 //! component targeting the `pulse:plugin/integration` world.
 
 pub mod convert;
@@ -14,9 +14,6 @@ pub mod run_command;
 pub mod signature;
 pub mod subscriptions;
 pub mod template;
-
-#[cfg(target_family = "wasm")]
-mod component;
 
 pub use convert::Scope;
 pub use pulse::{DeliveryError, Outcome, Pulse, Timestamp};

@@ -1,10 +1,16 @@
-//! The component glue: maps the `pulse:plugin` WIT types to the core and back, and gives the
-//! core its transport (`wasi:http`, through `wstd`) and its records (the host's storage).
+//! The Heroku integration as a WASI 0.2 component: the thin `wit-bindgen` layer over the
+//! `heroku-plugin` core. It maps the `pulse:plugin` WIT types to the core and back, and gives
+//! the core its transport (`wasi:http`, through `wstd`) and its records (the host's storage).
 //! Nothing here decides anything about Heroku.
+//!
+//! Built with `cargo build --target wasm32-wasip2` (the host's build script does it); natively
+//! this crate is empty.
+
+#![cfg(target_family = "wasm")]
 
 wit_bindgen::generate!({
     world: "integration",
-    path: "../wit",
+    path: "../../wit",
 });
 
 use std::time::Duration;
@@ -21,16 +27,16 @@ use pulse::plugin::log::{self, Level};
 use pulse::plugin::types::{ApiError, Context, KeyValue, Pulse, Timestamp};
 use pulse::plugin::{run_output, slack, storage, timeline};
 
-use crate::platform_api::{self, Chunks, Failure, PlatformApi, Read, Response, Transport};
-use crate::run_command;
-use crate::subscriptions::{self, Records, Stop, Subscription};
+use heroku_plugin::platform_api::{self, Chunks, Failure, PlatformApi, Read, Response, Transport};
+use heroku_plugin::run_command;
+use heroku_plugin::subscriptions::{self, Records, Stop, Subscription};
 
 struct HerokuPlugin;
 
 impl webhooks::Guest for HerokuPlugin {
     fn handle(context: Context, delivery: Delivery) -> Result<Outcome, DeliveryError> {
         let secret = webhook_secret().map_err(DeliveryError::Internal)?;
-        let scope = crate::Scope {
+        let scope = heroku_plugin::Scope {
             integration: &context.integration,
             apps: &context.apps,
         };
@@ -38,14 +44,14 @@ impl webhooks::Guest for HerokuPlugin {
             .headers
             .iter()
             .map(|h| (h.name.as_str(), h.value.as_str()));
-        match crate::handle(scope, secret.as_bytes(), headers, &delivery.body) {
-            Ok(crate::Outcome::Pulses(pulses)) => Ok(Outcome::Pulses(
+        match heroku_plugin::handle(scope, secret.as_bytes(), headers, &delivery.body) {
+            Ok(heroku_plugin::Outcome::Pulses(pulses)) => Ok(Outcome::Pulses(
                 pulses.into_iter().map(pulse_to_wit).collect(),
             )),
-            Ok(crate::Outcome::Ignored(reason)) => Ok(Outcome::Ignored(reason)),
-            Err(crate::DeliveryError::Unauthenticated(m)) => Err(DeliveryError::Unauthenticated(m)),
-            Err(crate::DeliveryError::Malformed(m)) => Err(DeliveryError::Malformed(m)),
-            Err(crate::DeliveryError::Internal(m)) => Err(DeliveryError::Internal(m)),
+            Ok(heroku_plugin::Outcome::Ignored(reason)) => Ok(Outcome::Ignored(reason)),
+            Err(heroku_plugin::DeliveryError::Unauthenticated(m)) => Err(DeliveryError::Unauthenticated(m)),
+            Err(heroku_plugin::DeliveryError::Malformed(m)) => Err(DeliveryError::Malformed(m)),
+            Err(heroku_plugin::DeliveryError::Internal(m)) => Err(DeliveryError::Internal(m)),
         }
     }
 }
@@ -228,7 +234,7 @@ impl run_command::RunHost for ImportedRunHost {
 
 /// The webhook secret the host keeps for the integration.
 fn webhook_secret() -> Result<String, String> {
-    match storage::get(crate::WEBHOOK_SECRET_KEY) {
+    match storage::get(heroku_plugin::WEBHOOK_SECRET_KEY) {
         Ok(Some(secret)) => String::from_utf8(secret)
             .map_err(|_| "the stored webhook secret is not UTF-8; recreate the integration".into()),
         Ok(None) => Err("the integration has no webhook secret; recreate it".into()),
@@ -406,14 +412,14 @@ fn api_error_to_wit(error: platform_api::ApiError) -> ApiError {
     }
 }
 
-fn pulse_to_wit(pulse: crate::Pulse) -> Pulse {
+fn pulse_to_wit(pulse: heroku_plugin::Pulse) -> Pulse {
     let pairs = |pairs: Vec<(String, String)>| {
         pairs
             .into_iter()
             .map(|(key, value)| KeyValue { key, value })
             .collect()
     };
-    let time = |t: crate::Timestamp| Timestamp {
+    let time = |t: heroku_plugin::Timestamp| Timestamp {
         seconds: t.seconds,
         nanoseconds: t.nanoseconds,
     };
