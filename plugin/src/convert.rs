@@ -15,9 +15,14 @@ pub const APP_CORRELATION_KEY: &str = "heroku_app_name";
 const MAX_VALUE_CHARS: usize = 256;
 const MAX_SHOWN_CHARS: usize = 80;
 
-/// The longest entity id accepted; real ids are 36-character UUIDs. Ids go into dedupe
-/// keys, so they are refused rather than cut: two long ids must not collide.
-const MAX_ID_CHARS: usize = 128;
+/// The most bytes of event text a summary takes. 256 characters of four bytes each would take
+/// the summary past the host's limit of 1024 bytes; this leaves room for the summary's words.
+const MAX_SUMMARY_TEXT_BYTES: usize = 960;
+
+/// The longest entity id accepted, in bytes; real ids are 36-character UUIDs. Ids go into
+/// dedupe keys, which the host limits to 512 bytes, so they are measured in bytes and refused
+/// rather than cut: two long ids must not collide.
+const MAX_ID_BYTES: usize = 128;
 
 /// Which apps an integration monitors.
 #[derive(Debug, Clone, Copy)]
@@ -102,12 +107,14 @@ fn required_app(app: &Option<AppRef>) -> Result<&AppRef, ParseError> {
 fn convert_build(envelope: &Envelope, build: Build, raw: &str) -> Result<Outcome, ParseError> {
     let action = envelope.action.as_str();
     if action != "create" && action != "update" {
+        let action = clip(action, MAX_SHOWN_CHARS);
         return Ok(Outcome::Ignored(format!(
             "build {action} events are not converted"
         )));
     }
     let status = build.status.as_deref().unwrap_or_default();
     if !matches!(status, "pending" | "succeeded" | "failed") {
+        let status = clip(status, MAX_SHOWN_CHARS);
         return Ok(Outcome::Ignored(format!(
             "build status {status:?} is not converted"
         )));
@@ -151,7 +158,7 @@ fn convert_build(envelope: &Envelope, build: Build, raw: &str) -> Result<Outcome
     push_some(&mut refs, "event_id", envelope.id.as_deref());
 
     Ok(Outcome::Pulses(vec![Pulse {
-        summary: format!("[Heroku][Build] {} {status}", clip(app, MAX_VALUE_CHARS)),
+        summary: format!("[Heroku][Build] {} {status}", summary_text(app)),
         source: SOURCE.into(),
         started_at,
         ended_at,
@@ -173,6 +180,7 @@ fn convert_release(
     let shown_version = release.version.map(version);
     let name = shown_version.as_deref().unwrap_or("release");
     if action != "update" && action != "create" {
+        let action = clip(action, MAX_SHOWN_CHARS);
         return Ok(Outcome::Ignored(format!(
             "release {action} events are not converted"
         )));
@@ -184,6 +192,7 @@ fn convert_release(
         return Ok(Outcome::Ignored(format!("release {name} is not current")));
     }
     if !deployed && !failed {
+        let status = clip(status, MAX_SHOWN_CHARS);
         return Ok(Outcome::Ignored(format!(
             "release {name} status {status:?} is not converted"
         )));
@@ -202,7 +211,7 @@ fn convert_release(
     )?;
 
     let description = match release.description.as_deref().map(str::trim) {
-        Some(text) if !text.is_empty() => clip(text, MAX_VALUE_CHARS),
+        Some(text) if !text.is_empty() => summary_text(text),
         _ => shown_version
             .clone()
             .unwrap_or_else(|| format!("release {id}")),
@@ -299,8 +308,8 @@ fn user_email<'a>(envelope: &'a Envelope, user: Option<&'a event::Actor>) -> Opt
 fn entity_id(id: Option<&str>) -> Result<&str, ParseError> {
     match id {
         None => Err(ParseError("`data.id` is missing".into())),
-        Some(id) if id.chars().count() > MAX_ID_CHARS => Err(ParseError(format!(
-            "`data.id` is longer than {MAX_ID_CHARS} characters"
+        Some(id) if id.len() > MAX_ID_BYTES => Err(ParseError(format!(
+            "`data.id` is longer than {MAX_ID_BYTES} bytes"
         ))),
         Some(id) => Ok(id),
     }
@@ -308,9 +317,27 @@ fn entity_id(id: Option<&str>) -> Result<&str, ParseError> {
 
 /// `text` cut to at most `max` characters, marked with an ellipsis when cut.
 fn clip(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => format!("{}...", &text[..at]),
-        None => text.to_string(),
+    clip_to(text, max, usize::MAX)
+}
+
+/// Event text for a summary: cut to `MAX_VALUE_CHARS` characters like other values, and to
+/// `MAX_SUMMARY_TEXT_BYTES` bytes, so the summary fits the host's limit.
+fn summary_text(text: &str) -> String {
+    clip_to(text, MAX_VALUE_CHARS, MAX_SUMMARY_TEXT_BYTES)
+}
+
+/// `text` cut to at most `max_chars` characters and `max_bytes` bytes, on a character boundary,
+/// marked with an ellipsis when cut.
+fn clip_to(text: &str, max_chars: usize, max_bytes: usize) -> String {
+    let by_chars = text
+        .char_indices()
+        .nth(max_chars)
+        .map_or(text.len(), |(at, _)| at);
+    let at = text.floor_char_boundary(by_chars.min(max_bytes));
+    if at == text.len() {
+        text.to_string()
+    } else {
+        format!("{}...", &text[..at])
     }
 }
 

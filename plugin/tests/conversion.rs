@@ -383,9 +383,100 @@ fn overlong_ids_are_malformed_rather_than_cut() {
     assert_eq!(
         deliver_to(&["billing-api"], &body),
         Err(DeliveryError::Malformed(
-            "`data.id` is longer than 128 characters".into()
+            "`data.id` is longer than 128 bytes".into()
         ))
     );
+}
+
+#[test]
+fn wide_characters_are_cut_to_keep_the_summary_within_the_hosts_1024_bytes() {
+    // Found by tests/robustness.rs: 256 four-byte characters made a 1048-byte summary.
+    let body = with("build-create-pending.json", |event| {
+        event["data"]["app"]["name"] = "𝄞".repeat(256).into();
+    });
+    let Ok(Outcome::Pulses(pulses)) = deliver_to(&["4a4d3b52-1ad1-4f3c-9a8b-2f0c4b9d7e11"], &body)
+    else {
+        panic!("expected a pulse");
+    };
+    assert_eq!(
+        pulses[0].summary,
+        format!("[Heroku][Build] {}... pending", "𝄞".repeat(240))
+    );
+    assert_eq!(pulses[0].summary.len(), 987);
+    assert_eq!(pulses[0].label("app"), Some("𝄞".repeat(256).as_str()));
+
+    let body = with("release-update-failed.json", |event| {
+        event["data"]["description"] = "😀".repeat(300).into();
+    });
+    let Ok(Outcome::Pulses(pulses)) = deliver_to(&["billing-api"], &body) else {
+        panic!("expected a pulse");
+    };
+    assert_eq!(
+        pulses[0].summary,
+        format!("[Heroku][Release] {}... (failed)", "😀".repeat(240))
+    );
+}
+
+#[test]
+fn ids_are_measured_in_bytes_so_dedupe_keys_stay_within_512() {
+    // Found by tests/robustness.rs: 128 four-byte characters made a 530-byte dedupe key.
+    let body = with("release-update-deployed.json", |event| {
+        event["data"]["id"] = "𝄞".repeat(128).into();
+    });
+    assert_eq!(
+        deliver_to(&["billing-api"], &body),
+        Err(DeliveryError::Malformed(
+            "`data.id` is longer than 128 bytes".into()
+        ))
+    );
+
+    let body = with("release-update-deployed.json", |event| {
+        event["data"]["id"] = "𝄞".repeat(32).into();
+    });
+    let Ok(Outcome::Pulses(pulses)) = deliver_to(&["billing-api"], &body) else {
+        panic!("expected a pulse");
+    };
+    assert_eq!(
+        pulses[0].dedupe_key,
+        format!("release:{}:succeeded", "𝄞".repeat(32))
+    );
+}
+
+#[test]
+fn reasons_cut_a_huge_action_or_status() {
+    // Found by tests/robustness.rs: the action and status were quoted whole.
+    let cases = [
+        (
+            "build-create-pending.json",
+            "/action",
+            "build {}... events are not converted",
+        ),
+        (
+            "build-create-pending.json",
+            "/data/status",
+            "build status \"{}...\" is not converted",
+        ),
+        (
+            "release-update-deployed.json",
+            "/action",
+            "release {}... events are not converted",
+        ),
+        (
+            "release-update-deployed.json",
+            "/data/status",
+            "release v42 status \"{}...\" is not converted",
+        ),
+    ];
+    for (name, field, reason) in cases {
+        let body = with(name, |event| {
+            *event.pointer_mut(field).unwrap() = "x".repeat(10_000).into();
+        });
+        assert_eq!(
+            ignored(deliver_to(&["billing-api"], &body)),
+            reason.replace("{}", &"x".repeat(80)),
+            "{name} {field}"
+        );
+    }
 }
 
 #[test]
