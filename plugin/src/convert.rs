@@ -308,6 +308,8 @@ fn user_email<'a>(envelope: &'a Envelope, user: Option<&'a event::Actor>) -> Opt
 fn entity_id(id: Option<&str>) -> Result<&str, ParseError> {
     match id {
         None => Err(ParseError("`data.id` is missing".into())),
+        // An empty id would make every such event a duplicate of the first.
+        Some("") => Err(ParseError("`data.id` is empty".into())),
         Some(id) if id.len() > MAX_ID_BYTES => Err(ParseError(format!(
             "`data.id` is longer than {MAX_ID_BYTES} bytes"
         ))),

@@ -514,3 +514,15 @@ fn type_errors_read_as_heroku_terms() {
         ))
     );
 }
+
+#[test]
+fn an_empty_id_is_malformed_rather_than_a_duplicate_of_every_other() {
+    for fixture in ["release-update-deployed.json", "build-create-pending.json"] {
+        let body = with(fixture, |event| event["data"]["id"] = "".into());
+        assert_eq!(
+            deliver_to(&["billing-api"], &body),
+            Err(DeliveryError::Malformed("`data.id` is empty".into())),
+            "{fixture}"
+        );
+    }
+}
