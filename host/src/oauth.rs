@@ -1,13 +1,14 @@
 //! The browser side of connecting to Heroku: the connect redirect and the callback Heroku
 //! sends the browser back to.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::connection::ConnectError;
-use crate::server::{ApiError, ApiPath, AppState};
+use crate::server::{ApiError, ApiPath, ApiQuery, AppState};
 
 #[derive(Deserialize)]
 pub struct ConnectQuery {
@@ -19,7 +20,7 @@ pub struct ConnectQuery {
 pub async fn connect(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
-    Query(query): Query<ConnectQuery>,
+    ApiQuery(query): ApiQuery<ConnectQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if !state.is_admin(&headers) {
@@ -48,8 +49,16 @@ pub struct CallbackQuery {
 /// `GET /oauth/heroku/callback`: the one redirect URI for every integration.
 pub async fn callback(
     State(state): State<AppState>,
-    Query(query): Query<CallbackQuery>,
+    query: Result<Query<CallbackQuery>, QueryRejection>,
 ) -> Response {
+    // The browser gets a page, not JSON, whatever went wrong.
+    let Ok(Query(query)) = query else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Not connected",
+            "the callback's query string is malformed",
+        );
+    };
     if let Some(error) = query.error {
         let detail = query.error_description.unwrap_or_default();
         return page(

@@ -72,7 +72,7 @@ impl Default for Limits {
     }
 }
 
-/// How often the epoch advances; a deadline is enforced to within one tick.
+/// How often the epoch advances: how long a computing guest runs before it yields.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How instances get their memory.
@@ -367,13 +367,14 @@ impl Plugin {
             .try_acquire()
             .map_err(|_| CallError::Busy(self.limits.concurrency))?;
         let started = Instant::now();
-        let mut store = self.store(database, integration, egress, run, deadline);
+        let mut store = self.store(database, integration, egress, run);
 
         let run = async {
             let instance = self.pre.instantiate_async(&mut store).await?;
             call(&instance, &mut store).await
         };
-        // The epoch deadline stops a guest that burns CPU; the timer stops one that waits.
+        // The guest yields at each epoch tick (see `store`), so this timer stops a guest that
+        // computes as well as one that waits on a host call.
         let result = match tokio::time::timeout(deadline, run).await {
             Ok(Ok(result)) => Ok(result),
             Ok(Err(err)) => Err(classify(err, deadline)),
@@ -389,7 +390,6 @@ impl Plugin {
         integration: &str,
         egress: Egress,
         run: Option<RunSink>,
-        deadline: Duration,
     ) -> Store<CallState> {
         let limits: StoreLimits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
@@ -414,9 +414,11 @@ impl Plugin {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        let ticks = deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64;
-        store.set_epoch_deadline(ticks.max(1));
-        store.epoch_deadline_trap();
+        // At every epoch tick a guest that is computing yields to the executor, so it shares
+        // its worker thread with other requests instead of holding it for its whole deadline;
+        // the deadline itself is the timer around the call, which drops the suspended guest.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
         store
     }
 }

@@ -49,7 +49,9 @@ impl webhooks::Guest for HerokuPlugin {
                 pulses.into_iter().map(pulse_to_wit).collect(),
             )),
             Ok(heroku_plugin::Outcome::Ignored(reason)) => Ok(Outcome::Ignored(reason)),
-            Err(heroku_plugin::DeliveryError::Unauthenticated(m)) => Err(DeliveryError::Unauthenticated(m)),
+            Err(heroku_plugin::DeliveryError::Unauthenticated(m)) => {
+                Err(DeliveryError::Unauthenticated(m))
+            }
             Err(heroku_plugin::DeliveryError::Malformed(m)) => Err(DeliveryError::Malformed(m)),
             Err(heroku_plugin::DeliveryError::Internal(m)) => Err(DeliveryError::Internal(m)),
         }
