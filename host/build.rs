@@ -12,6 +12,8 @@ fn main() {
             &root.join("plugin/component/src"),
             &root.join("plugin/component/Cargo.toml"),
             &root.join("wit"),
+            // The `plugin` profile the component is built with.
+            &root.join("Cargo.toml"),
         ],
     );
     println!(

@@ -199,6 +199,11 @@ pub struct ServeArgs {
     /// The token the management API requires; generated into the data directory if unset.
     #[arg(long, env = "PULSE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Run deliveries with the Heroku core compiled into the host, without the sandbox (this
+    /// build has the `native-handler` feature, for benchmarks).
+    #[cfg(feature = "native-handler")]
+    #[arg(long)]
+    pub native_handler: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,6 +259,32 @@ pub struct PulsesArgs {
     pub json: bool,
 }
 
+/// The `pulse-host` program: logs to stderr as `PULSE_LOG` says (`info` by default), parses
+/// the command line and runs it. A binary that embeds the host calls this from its `main`.
+#[tokio::main]
+pub async fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("PULSE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    let cli = Cli::parse();
+    let mut out = std::io::stdout();
+    match run(cli, &mut out).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the command, writing what a person should see to `out`; returns the process's exit
 /// code.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<ExitCode> {
@@ -270,6 +301,10 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<ExitC
             config.heroku = cli.heroku.config();
             config.encryption_key = cli.encryption_key;
             config.slack = cli.slack.config();
+            #[cfg(feature = "native-handler")]
+            if args.native_handler {
+                config.handler = crate::server::DeliveryHandler::Native;
+            }
             serve(config, out).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Integration(command) => {

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rusqlite::{Connection as Sqlite, OptionalExtension, params};
+use rusqlite::{Connection as Sqlite, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::model::{
@@ -140,13 +140,30 @@ CREATE TABLE IF NOT EXISTS pulse_correlations (
 CREATE INDEX IF NOT EXISTS correlations_by_value ON pulse_correlations (key, value);
 ";
 
+/// How many read-only connections serve the reads on the delivery path.
+const READERS: usize = 4;
+
 /// The correlation key that services are matched on.
 pub const APP_CORRELATION_KEY: &str = "heroku_app_name";
 
 /// A handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Database {
+    /// The connection that writes (and reads everything not on the delivery path).
     conn: Arc<Mutex<Sqlite>>,
+    /// Read-only connections for the reads every delivery makes, so that they do not wait
+    /// behind a commit's fsync: in WAL mode readers and the writer do not block each other.
+    readers: Arc<[Mutex<Sqlite>]>,
+    /// Pulses waiting for the next group commit (see [`Database::insert_pulses`]).
+    queue: Arc<Mutex<Vec<PendingInsert>>>,
+}
+
+/// One caller's pulses, waiting to be committed with others.
+struct PendingInsert {
+    integration: String,
+    pulses: Vec<NewPulse>,
+    received_at: String,
+    reply: std::sync::mpsc::SyncSender<Result<Vec<Inserted>, DatabaseError>>,
 }
 
 /// What became of a pulse handed to [`Database::insert_pulses`].
@@ -181,8 +198,23 @@ impl Database {
         conn.pragma_update(None, "foreign_keys", "ON")
             .context("enable foreign keys")?;
         conn.execute_batch(SCHEMA).context("create the schema")?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let reader = Sqlite::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .context("open a reading connection")?;
+                reader
+                    .busy_timeout(std::time::Duration::from_secs(5))
+                    .context("set the busy timeout")?;
+                Ok(Mutex::new(reader))
+            })
+            .collect::<Result<_, DatabaseError>>()?;
         Ok(Database {
             conn: Arc::new(Mutex::new(conn)),
+            readers,
+            queue: Arc::default(),
         })
     }
 
@@ -190,6 +222,30 @@ impl Database {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back), so a poisoned lock is safe to keep using.
         self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A reading connection: a free one if there is one, else one to wait for.
+    fn reader(&self) -> MutexGuard<'_, Sqlite> {
+        for reader in self.readers.iter() {
+            match reader.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        // All busy: wait for one picked at random, so waiters do not all queue on the first.
+        let random = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), ());
+        let index = random as usize % self.readers.len();
+        self.readers[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Vec<PendingInsert>> {
+        // Pushing and taking cannot panic halfway, so a poisoned queue is still whole.
+        self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -245,7 +301,7 @@ impl Database {
 
     /// The integration called `name`, if there is one.
     pub fn integration(&self, name: &str) -> Result<Option<Integration>, DatabaseError> {
-        self.conn()
+        self.reader()
             .query_row(
                 "SELECT i.name, i.apps, i.created_at, i.updated_at, c.state, c.reason
                  FROM integrations i LEFT JOIN connections c ON c.integration = i.name
@@ -581,7 +637,7 @@ impl Database {
     // --- the plugins' key-value spaces ----------------------------------------------------
 
     pub fn kv_get(&self, integration: &str, key: &str) -> Result<Option<Vec<u8>>, DatabaseError> {
-        self.conn()
+        self.reader()
             .query_row(
                 "SELECT value FROM plugin_kv WHERE integration = ?1 AND key = ?2",
                 [integration, key],
@@ -695,64 +751,37 @@ impl Database {
 
     // --- pulses ---------------------------------------------------------------------------
 
-    /// Stores the pulses of one delivery in one transaction, committed (and fsynced) before
-    /// this returns. A pulse whose dedupe key the integration already has is skipped.
+    /// Stores pulses for `integration`, each unless one with the same dedupe key is stored
+    /// already, and returns what became of each once it is durable.
+    ///
+    /// Callers that arrive while another commit is being written are committed together in
+    /// the next transaction (group commit): one fsync then makes many deliveries durable,
+    /// which is what lets the webhook endpoint answer thousands a second with full fsync.
     pub fn insert_pulses(
         &self,
         integration: &str,
-        pulses: &[NewPulse],
+        pulses: Vec<NewPulse>,
         received_at: &str,
     ) -> Result<Vec<Inserted>, DatabaseError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().context("begin a transaction")?;
-        let mut results = Vec::with_capacity(pulses.len());
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.queue().push(PendingInsert {
+            integration: integration.to_string(),
+            pulses,
+            received_at: received_at.to_string(),
+            reply,
+        });
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO pulses (integration, dedupe_key, summary, source, started_s,
-                         started_ns, ended_s, ended_ns, labels, refs, raw, received_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-                     ON CONFLICT (integration, dedupe_key) DO NOTHING",
-                )
-                .context("store a pulse")?;
-            let mut correlate = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO pulse_correlations (pulse_id, key, value)
-                     VALUES (?1, ?2, ?3)",
-                )
-                .context("store a pulse's correlations")?;
-            for pulse in pulses {
-                let changed = insert
-                    .execute(params![
-                        integration,
-                        pulse.dedupe_key,
-                        pulse.summary,
-                        pulse.source,
-                        pulse.started_at.0,
-                        pulse.started_at.1,
-                        pulse.ended_at.map(|t| t.0),
-                        pulse.ended_at.map(|t| t.1),
-                        serde_json::to_string(&pulse.labels).expect("labels serialize"),
-                        serde_json::to_string(&pulse.refs).expect("refs serialize"),
-                        pulse.raw,
-                        received_at,
-                    ])
-                    .context("store a pulse")?;
-                if changed == 0 {
-                    results.push(Inserted::Duplicate);
-                    continue;
-                }
-                let id = tx.last_insert_rowid();
-                for (key, value) in &pulse.correlations {
-                    correlate
-                        .execute(params![id, key, value])
-                        .context("store a pulse's correlations")?;
-                }
-                results.push(Inserted::New(id));
+            // Whoever holds the connection commits everything queued so far. When the queue is
+            // empty here, the holder before us took our insert and has already answered it.
+            let mut conn = self.conn();
+            let batch = std::mem::take(&mut *self.queue());
+            if !batch.is_empty() {
+                commit_batch(&mut conn, batch);
             }
         }
-        tx.commit().context("commit pulses")?;
-        Ok(results)
+        answer
+            .recv()
+            .expect("every queued insert is answered before the connection is released")
     }
 
     /// A page of pulses, newest first (by start time, then by id), optionally only those
@@ -763,7 +792,7 @@ impl Database {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<(Vec<StoredPulse>, Option<Cursor>), DatabaseError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let (after_s, after_ns, after_id) = match after {
             Some(c) => (Some(c.started_s), Some(c.started_ns), Some(c.id)),
             None => (None, None, None),
@@ -829,7 +858,7 @@ impl Database {
 
     /// The raw event a pulse was made from.
     pub fn pulse_raw(&self, id: i64) -> Result<Option<String>, DatabaseError> {
-        self.conn()
+        self.reader()
             .query_row("SELECT raw FROM pulses WHERE id = ?1", [id], |row| {
                 row.get(0)
             })
@@ -897,6 +926,97 @@ fn pulse_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredPulse> {
     })
 }
 
+/// Commits a batch of callers' pulses in one transaction and answers each caller. Each
+/// caller's pulses go in a savepoint of their own, so one caller's failure is its own; if the
+/// commit itself fails, each caller is retried in a transaction of its own, so that each gets
+/// the error its own pulses meet.
+fn commit_batch(conn: &mut Sqlite, batch: Vec<PendingInsert>) {
+    let together = (|| {
+        let mut tx = conn.transaction()?;
+        let mut results = Vec::with_capacity(batch.len());
+        for pending in &batch {
+            let savepoint = tx.savepoint()?;
+            let result = insert_all(&savepoint, pending);
+            if result.is_ok() {
+                savepoint.commit()?;
+            }
+            results.push(result);
+        }
+        tx.commit()?;
+        Ok::<_, rusqlite::Error>(results)
+    })();
+    match together {
+        Ok(results) => {
+            for (pending, result) in batch.iter().zip(results) {
+                // A caller that stopped waiting (its task was cancelled) needs no answer.
+                let _ = pending.reply.send(result);
+            }
+        }
+        Err(_) => {
+            for pending in &batch {
+                let result = conn
+                    .transaction()
+                    .context("begin a transaction")
+                    .and_then(|tx| {
+                        let inserted = insert_all(&tx, pending)?;
+                        tx.commit().context("commit pulses")?;
+                        Ok(inserted)
+                    });
+                let _ = pending.reply.send(result);
+            }
+        }
+    }
+}
+
+/// Inserts one caller's pulses inside the transaction (or savepoint) `tx`.
+fn insert_all(tx: &Sqlite, pending: &PendingInsert) -> Result<Vec<Inserted>, DatabaseError> {
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO pulses (integration, dedupe_key, summary, source, started_s,
+                 started_ns, ended_s, ended_ns, labels, refs, raw, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (integration, dedupe_key) DO NOTHING",
+        )
+        .context("store a pulse")?;
+    let mut correlate = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO pulse_correlations (pulse_id, key, value)
+             VALUES (?1, ?2, ?3)",
+        )
+        .context("store a pulse's correlations")?;
+    let mut results = Vec::with_capacity(pending.pulses.len());
+    for pulse in &pending.pulses {
+        let changed = insert
+            .execute(params![
+                pending.integration,
+                pulse.dedupe_key,
+                pulse.summary,
+                pulse.source,
+                pulse.started_at.0,
+                pulse.started_at.1,
+                pulse.ended_at.map(|t| t.0),
+                pulse.ended_at.map(|t| t.1),
+                serde_json::to_string(&pulse.labels).expect("labels serialize"),
+                serde_json::to_string(&pulse.refs).expect("refs serialize"),
+                pulse.raw,
+                pending.received_at,
+            ])
+            .context("store a pulse")?;
+        if changed == 0 {
+            results.push(Inserted::Duplicate);
+            continue;
+        }
+        let id = tx.last_insert_rowid();
+        for (key, value) in &pulse.correlations {
+            correlate
+                .execute(params![id, key, value])
+                .context("store a pulse's correlations")?;
+        }
+        results.push(Inserted::New(id));
+    }
+    Ok(results)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -931,20 +1051,61 @@ mod tests {
     fn dedupe_key_is_unique_per_integration() {
         let (_dir, database) = open();
         let now = "2026-01-01T00:00:00Z";
-        let first = database.insert_pulses("a", &[pulse("k", "app"), pulse("k", "app")], now);
+        let first = database.insert_pulses("a", vec![pulse("k", "app"), pulse("k", "app")], now);
         assert_eq!(first.unwrap(), [Inserted::New(1), Inserted::Duplicate]);
         assert_eq!(
             database
-                .insert_pulses("a", &[pulse("k", "app")], now)
+                .insert_pulses("a", vec![pulse("k", "app")], now)
                 .unwrap(),
             [Inserted::Duplicate]
         );
         assert_eq!(
             database
-                .insert_pulses("b", &[pulse("k", "app")], now)
+                .insert_pulses("b", vec![pulse("k", "app")], now)
                 .unwrap(),
             [Inserted::New(2)]
         );
+    }
+
+    #[test]
+    fn concurrent_inserts_are_each_answered_and_stored_once() {
+        let (_dir, database) = open();
+        let now = "2026-01-01T00:00:00Z";
+        // 16 threads, each storing 50 pulses of its own and one that every thread shares.
+        let answers: Vec<Vec<Inserted>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..16)
+                .map(|t| {
+                    let database = database.clone();
+                    scope.spawn(move || {
+                        let mut answers = Vec::new();
+                        for i in 0..50 {
+                            let key = format!("{t}-{i}");
+                            let pulses = vec![pulse(&key, "app")];
+                            answers.extend(database.insert_pulses("a", pulses, now).unwrap());
+                        }
+                        let shared = vec![pulse("shared", "app")];
+                        answers.extend(database.insert_pulses("a", shared, now).unwrap());
+                        answers
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let mut ids: Vec<i64> = answers
+            .iter()
+            .flatten()
+            .filter_map(|inserted| match inserted {
+                Inserted::New(id) => Some(*id),
+                Inserted::Duplicate => None,
+            })
+            .collect();
+        ids.sort();
+        assert_eq!(ids, (1..=16 * 50 + 1).collect::<Vec<i64>>());
+        let duplicates = answers
+            .iter()
+            .flatten()
+            .filter(|a| **a == Inserted::Duplicate);
+        assert_eq!(duplicates.count(), 15, "the shared pulse is stored once");
     }
 
     #[test]

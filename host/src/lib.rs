@@ -11,6 +11,8 @@ pub mod connection;
 pub mod data_dir;
 pub mod database;
 pub mod model;
+#[cfg(feature = "native-handler")]
+mod native;
 mod oauth;
 mod run_api;
 pub mod runs;
@@ -21,4 +23,4 @@ pub mod vault;
 mod webhook;
 
 pub use connection::HerokuConfig;
-pub use server::{HEROKU_PLUGIN, Host, ServeConfig, Server, StartError};
+pub use server::{DeliveryHandler, HEROKU_PLUGIN, Host, ServeConfig, Server, StartError};

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -62,6 +61,20 @@ pub struct ServeConfig {
     pub encryption_key: Option<String>,
     /// Where Slack is, and the bot token that shares run output.
     pub slack: SlackConfig,
+    /// What runs webhook deliveries.
+    pub handler: DeliveryHandler,
+}
+
+/// What runs webhook deliveries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeliveryHandler {
+    /// The plugin component, in the sandbox.
+    #[default]
+    Sandbox,
+    /// The Heroku core compiled into the host, without a sandbox: a build for benchmarks that
+    /// measure what the sandbox costs.
+    #[cfg(feature = "native-handler")]
+    Native,
 }
 
 impl ServeConfig {
@@ -77,6 +90,7 @@ impl ServeConfig {
             heroku: HerokuConfig::default(),
             encryption_key: None,
             slack: SlackConfig::default(),
+            handler: DeliveryHandler::default(),
         }
     }
 }
@@ -89,6 +103,7 @@ pub struct Host {
     pub plugin: Plugin,
     pub connector: Connector,
     pub runner: Runner,
+    pub handler: DeliveryHandler,
     runtime: Arc<Runtime>,
 }
 
@@ -121,6 +136,7 @@ impl Host {
             plugin,
             connector,
             runner,
+            handler: config.handler,
             runtime,
         })
     }
@@ -265,6 +281,11 @@ impl Server {
 /// keep-alive connection stays open.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The most a request's target and headers may take; past it the answer is 431. hyper's read
+/// buffer is capped at this size too (bodies stream through it, so they are not limited), but
+/// a head that arrives in one read can pass that cap, so [`limit_head`] checks it again.
+const MAX_HEADER_BYTES: usize = 64 << 10;
+
 /// How long a client may pause while sending a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -282,7 +303,8 @@ async fn accept_loop(
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
     tokio::pin!(stopped);
 
     loop {
@@ -368,6 +390,7 @@ fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(limit_head))
         .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             error_response(
@@ -377,6 +400,28 @@ fn router(state: AppState) -> Router {
             )
         }))
         .with_state(state)
+}
+
+/// Refuses a request whose target and headers together pass [`MAX_HEADER_BYTES`].
+async fn limit_head(request: Request, next: Next) -> Response {
+    let headers: usize = request
+        .headers()
+        .iter()
+        // Each header line also has ": " and "\r\n".
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if headers + target > MAX_HEADER_BYTES {
+        return error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            &format!("a request's target and headers are limited to {MAX_HEADER_BYTES} bytes"),
+        );
+    }
+    next.run(request).await
 }
 
 /// The JSON error every endpoint answers with.
@@ -422,10 +467,13 @@ fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     // A repeated header is refused rather than guessed at.
     match (values.next(), values.next()) {
+        // The scheme is case-insensitive (RFC 9110), the token is not.
         (Some(value), None) => value
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer ")),
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token),
         _ => None,
     }
 }
@@ -498,6 +546,29 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(ApiError(error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &rejection.body_text(),
+            ))),
+        }
+    }
+}
+
+/// A query string: one that does not fit `T` (a wrong type, a repeated field) is a 400 that
+/// says why.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
             Err(rejection) => Err(ApiError(error_response(
                 StatusCode::BAD_REQUEST,
                 "invalid",
@@ -669,15 +740,8 @@ struct PulseParams {
 
 async fn list_pulses(
     State(state): State<AppState>,
-    params: Result<Query<PulseParams>, QueryRejection>,
+    ApiQuery(params): ApiQuery<PulseParams>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|rejection| {
-        ApiError(error_response(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            &rejection.body_text(),
-        ))
-    })?;
     let limit = match params.limit.as_deref().map(str::parse::<usize>) {
         None => None,
         Some(Ok(limit)) => Some(limit),

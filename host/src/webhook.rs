@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::database::Inserted;
 use crate::model::{self, NewPulse};
 use crate::sandbox::{CallError, Context, Delivery, DeliveryError, Header, Outcome, Pulse};
-use crate::server::{ApiPath, AppState, error_response};
+use crate::server::{ApiPath, AppState, DeliveryHandler, error_response};
 
 /// The largest delivery accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -131,12 +131,20 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
     };
 
     let database = state.host.admin.database();
-    let outcome = match state
-        .host
-        .plugin
-        .handle_delivery(database, &context, &delivery)
-        .await
-    {
+    let handled = match state.host.handler {
+        DeliveryHandler::Sandbox => {
+            state
+                .host
+                .plugin
+                .handle_delivery(database, &context, &delivery)
+                .await
+        }
+        #[cfg(feature = "native-handler")]
+        DeliveryHandler::Native => Ok(crate::native::handle_delivery(
+            database, &context, &delivery,
+        )),
+    };
+    let outcome = match handled {
         Ok(outcome) => outcome,
         Err(CallError::Busy(slots)) => {
             let mut response = error_response(
@@ -205,7 +213,7 @@ async fn store(state: &AppState, integration: &str, pulses: Vec<Pulse>) -> Respo
     let database = state.host.admin.database().clone();
     let integration = integration.to_string();
     let inserted = tokio::task::spawn_blocking(move || {
-        database.insert_pulses(&integration, &pulses, &model::now())
+        database.insert_pulses(&integration, pulses, &model::now())
     })
     .await;
     let results = match inserted {

@@ -222,7 +222,8 @@ fn engine_config(limits: Limits, allocation: Allocation) -> Config {
             .total_tables(slots * 8)
             .total_stacks(slots)
             .max_memories_per_component(2)
-            .max_memory_size(limits.memory_bytes);
+            .max_memory_size(limits.memory_bytes)
+            .decommit_batch_size(16);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config
