@@ -6,7 +6,11 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let faulty = pulse_wasm_build::build_component(
         "faulty-plugin",
-        &[&root.join("plugins/faulty/src"), &root.join("../wit")],
+        &[
+            &root.join("plugins/faulty/src"),
+            &root.join("../wit"),
+            &root.join("../Cargo.toml"),
+        ],
     );
     println!(
         "cargo:rustc-env=PULSE_FAULTY_PLUGIN_WASM={}",

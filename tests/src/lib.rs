@@ -3,6 +3,7 @@
 
 pub mod fake_heroku;
 pub mod fake_slack;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, Once};
