@@ -23,4 +23,4 @@ pub mod vault;
 mod webhook;
 
 pub use connection::HerokuConfig;
-pub use server::{DeliveryHandler, HEROKU_PLUGIN, Host, ServeConfig, Server, StartError};
+pub use server::{DeliveryHandler, HEROKU_PLUGIN, Host, ServeConfig, Server, StartError, Timeouts};

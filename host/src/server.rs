@@ -63,6 +63,26 @@ pub struct ServeConfig {
     pub slack: SlackConfig,
     /// What runs webhook deliveries.
     pub handler: DeliveryHandler,
+    /// How long clients may take to send a request.
+    pub timeouts: Timeouts,
+}
+
+/// How long a client may take to send a request before it is cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To send a request's headers; also how long an idle keep-alive connection stays open.
+    pub headers: Duration,
+    /// The longest pause while sending a body; past it the answer is 408.
+    pub body_pause: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            headers: Duration::from_secs(10),
+            body_pause: Duration::from_secs(30),
+        }
+    }
 }
 
 /// What runs webhook deliveries.
@@ -91,6 +111,7 @@ impl ServeConfig {
             encryption_key: None,
             slack: SlackConfig::default(),
             handler: DeliveryHandler::default(),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -223,8 +244,8 @@ impl Server {
             admin_token: admin_token.clone().into(),
         };
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let app = router(state);
-        let task = tokio::spawn(accept_loop(listener, app, stopped));
+        let app = router(state, config.timeouts.body_pause);
+        let task = tokio::spawn(accept_loop(listener, app, config.timeouts.headers, stopped));
         tracing::info!(
             %addr,
             data_dir = %config.data_dir.display(),
@@ -277,17 +298,10 @@ impl Server {
     }
 }
 
-/// How long a client may take to send a request's headers; also how long an idle
-/// keep-alive connection stays open.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The most a request's target and headers may take; past it the answer is 431. hyper's read
 /// buffer is capped at this size too (bodies stream through it, so they are not limited), but
 /// a head that arrives in one read can pass that cap, so [`limit_head`] checks it again.
 const MAX_HEADER_BYTES: usize = 64 << 10;
-
-/// How long a client may pause while sending a request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most connections served at once. Past it, new connections wait in the listen
 /// backlog, so slow or idle clients cannot use up the process's file descriptors.
@@ -297,13 +311,14 @@ const MAX_CONNECTIONS: usize = 1024;
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
+    header_timeout: Duration,
     stopped: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_buf_size(MAX_HEADER_BYTES);
     tokio::pin!(stopped);
 
@@ -339,7 +354,7 @@ async fn accept_loop(
     Ok(())
 }
 
-fn router(state: AppState) -> Router {
+fn router(state: AppState, body_pause: Duration) -> Router {
     let api = Router::new()
         .route("/integrations", get(list_integrations))
         .route(
@@ -391,7 +406,7 @@ fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn(limit_head))
-        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(RequestBodyTimeoutLayer::new(body_pause))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -555,6 +570,62 @@ where
     }
 }
 
+/// Reads a request body of at most `limit` bytes. The answer when it cannot: 413 when the
+/// body is declared or turns out larger, 408 when the client pauses past the body timeout,
+/// 400 when the connection fails.
+pub(crate) async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes, Response> {
+    refuse_declared_length(headers, limit)?;
+    match axum::body::to_bytes(body, limit).await {
+        Ok(body) => Ok(body),
+        Err(err) if caused_by::<http_body_util::LengthLimitError>(&err) => Err(too_large(limit)),
+        Err(err) if caused_by::<tower_http::timeout::TimeoutError>(&err) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "timed_out",
+            "the body arrived too slowly",
+        )),
+        Err(_) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the body could not be read",
+        )),
+    }
+}
+
+/// A 413 for a request whose `Content-Length` is above `limit`, before its body is read.
+pub(crate) fn refuse_declared_length(
+    headers: &axum::http::HeaderMap,
+    limit: usize,
+) -> Result<(), Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+fn too_large(limit: usize) -> Response {
+    let message = format!("request bodies here are limited to {limit} bytes");
+    error_response(StatusCode::PAYLOAD_TOO_LARGE, "too_large", &message)
+}
+
+fn caused_by<E: std::error::Error + 'static>(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = source {
+        if current.is::<E>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
 /// A query string: one that does not fit `T` (a wrong type, a repeated field) is a 400 that
 /// says why.
 pub(crate) struct ApiQuery<T>(pub T);
@@ -589,7 +660,7 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
         let is_json = request
             .headers()
             .get(header::CONTENT_TYPE)
@@ -603,29 +674,10 @@ where
                 "send the body as JSON with `Content-Type: application/json`",
             )));
         }
-        let too_large = || {
-            let message = format!("request bodies are limited to {MAX_API_BODY_BYTES} bytes");
-            ApiError(error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                &message,
-            ))
-        };
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > MAX_API_BODY_BYTES as u64) {
-            return Err(too_large());
-        }
-        let body =
-            Bytes::from_request(request, state)
-                .await
-                .map_err(|rejection| match rejection.status() {
-                    StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-                    status => ApiError(error_response(status, "invalid", &rejection.body_text())),
-                })?;
+        let (parts, body) = request.into_parts();
+        let body = read_body(&parts.headers, body, MAX_API_BODY_BYTES)
+            .await
+            .map_err(ApiError)?;
         serde_json::from_slice(&body).map(ApiJson).map_err(|err| {
             let message = format!("the body is not valid: {err}");
             ApiError(error_response(StatusCode::BAD_REQUEST, "invalid", &message))

@@ -12,7 +12,9 @@ use serde_json::json;
 use crate::database::Inserted;
 use crate::model::{self, NewPulse};
 use crate::sandbox::{CallError, Context, Delivery, DeliveryError, Header, Outcome, Pulse};
-use crate::server::{ApiPath, AppState, DeliveryHandler, error_response};
+use crate::server::{
+    ApiPath, AppState, DeliveryHandler, error_response, read_body, refuse_declared_length,
+};
 
 /// The largest delivery accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -54,19 +56,8 @@ fn accepted(outcome: &'static str, body: serde_json::Value) -> Response {
 }
 
 async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) -> Response {
-    let too_large = || {
-        error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            &format!("deliveries are limited to {MAX_BODY_BYTES} bytes"),
-        )
-    };
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
-        return too_large();
+    if let Err(response) = refuse_declared_length(&headers, MAX_BODY_BYTES) {
+        return response;
     }
 
     let database = state.host.admin.database().clone();
@@ -95,20 +86,9 @@ async fn handle(state: &AppState, name: &str, headers: HeaderMap, body: Body) ->
         );
     }
 
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let body = match read_body(&headers, body, MAX_BODY_BYTES).await {
         Ok(body) => body,
-        Err(err) if caused_by::<http_body_util::LengthLimitError>(&err) => return too_large(),
-        Err(err) if caused_by::<tower_http::timeout::TimeoutError>(&err) => {
-            let message = "the body arrived too slowly";
-            return error_response(StatusCode::REQUEST_TIMEOUT, "timed_out", message);
-        }
-        Err(_) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "the body could not be read",
-            );
-        }
+        Err(response) => return response,
     };
 
     let context = Context {
@@ -309,15 +289,4 @@ fn internal(detail: &str) -> Response {
         "internal",
         "the host could not store this delivery; it logged why",
     )
-}
-
-fn caused_by<E: std::error::Error + 'static>(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = source {
-        if current.is::<E>() {
-            return true;
-        }
-        source = current.source();
-    }
-    false
 }

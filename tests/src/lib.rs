@@ -90,6 +90,8 @@ pub struct Options {
     pub heroku: Option<HerokuConfig>,
     /// Where Slack is and its token; none configured when unset.
     pub slack: Option<pulse_host::slack::SlackConfig>,
+    /// How long clients may take to send requests; the server's defaults when unset.
+    pub timeouts: Option<pulse_host::Timeouts>,
 }
 
 impl Options {
@@ -141,6 +143,9 @@ impl TestHost {
         }
         if let Some(slack) = &options.slack {
             config.slack = slack.clone();
+        }
+        if let Some(timeouts) = options.timeouts {
+            config.timeouts = timeouts;
         }
         let server = Server::start(config).await.expect("the server starts");
         let client = reqwest::Client::builder()
