@@ -9,20 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use pulse_e2e::process::{ADMIN_TOKEN, ServerProcess};
-use pulse_e2e::{fixture_with, sign};
+use pulse_e2e::process::ServerProcess;
+use pulse_e2e::{numbered_build, numbered_build_id, sign};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_pulse-host-e2e");
-
-/// A pending build of its own, so each delivery makes a pulse of its own.
-fn build_delivery(n: usize) -> Vec<u8> {
-    fixture_with("build-create-pending.json", |event| {
-        event["id"] = json!(format!("00000000-0000-4000-8000-{n:012}"));
-        event["data"]["id"] = json!(format!("b0000000-0000-4000-8000-{n:012}"));
-    })
-}
 
 async fn deliver(
     client: &reqwest::Client,
@@ -43,19 +35,12 @@ async fn deliver(
 }
 
 /// Every pulse's build id, following the pages to the end.
-async fn stored_builds(client: &reqwest::Client, base: &str) -> Vec<String> {
+async fn stored_builds(client: &reqwest::Client, server: &ServerProcess) -> Vec<String> {
     let mut builds = Vec::new();
     let mut cursor = String::new();
     loop {
-        let page: Value = client
-            .get(format!("{base}/api/pulses?limit=500{cursor}"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let path = format!("/pulses?limit=500{cursor}");
+        let (_, page) = server.api(client, reqwest::Method::GET, &path, None).await;
         for pulse in page["pulses"].as_array().unwrap() {
             builds.push(pulse["refs"]["build_id"].as_str().unwrap().to_string());
         }
@@ -64,24 +49,6 @@ async fn stored_builds(client: &reqwest::Client, base: &str) -> Vec<String> {
             None => return builds,
         }
     }
-}
-
-async fn create_integration(client: &reqwest::Client, base: &str) -> String {
-    let answer: Value = client
-        .put(format!("{base}/api/integrations/acme"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({"apps": ["example-app", "billing-api"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["webhook_secret"].as_str().unwrap().to_string()
-}
-
-fn build_id(n: usize) -> String {
-    format!("b0000000-0000-4000-8000-{n:012}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,8 +63,10 @@ async fn a_killed_server_loses_no_answered_delivery_and_doubles_none() {
         .unwrap();
 
     let server = ServerProcess::start(Path::new(BINARY), &data, &[]);
-    let secret = create_integration(&client, &server.base).await;
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new((0..DELIVERIES).map(build_delivery).collect());
+    let secret = server
+        .integration(&client, "acme", &["example-app", "billing-api"])
+        .await;
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new((0..DELIVERIES).map(numbered_build).collect());
 
     // Senders take deliveries in order and note which ones were answered 200; the server is
     // killed once a quarter of them have been.
@@ -142,14 +111,11 @@ async fn a_killed_server_loses_no_answered_delivery_and_doubles_none() {
 
     // Every delivery answered 200 is on disk after the restart.
     let server = ServerProcess::start(Path::new(BINARY), &data, &[]);
-    let stored: BTreeSet<String> = stored_builds(&client, &server.base)
-        .await
-        .into_iter()
-        .collect();
+    let stored: BTreeSet<String> = stored_builds(&client, &server).await.into_iter().collect();
     let missing: Vec<usize> = answered
         .iter()
         .copied()
-        .filter(|n| !stored.contains(&build_id(*n)))
+        .filter(|n| !stored.contains(&numbered_build_id(*n)))
         .collect();
     assert!(missing.is_empty(), "answered 200 but lost: {missing:?}");
 
@@ -174,7 +140,7 @@ async fn a_killed_server_loses_no_answered_delivery_and_doubles_none() {
             );
         }
     }
-    let builds = stored_builds(&client, &server.base).await;
+    let builds = stored_builds(&client, &server).await;
     let distinct: BTreeSet<&String> = builds.iter().collect();
     assert_eq!(builds.len(), DELIVERIES, "one pulse per delivery");
     assert_eq!(distinct.len(), DELIVERIES, "no pulse doubled");

@@ -1,9 +1,9 @@
-//! One delivery in process: the Heroku core run natively against the same core run in the
-//! sandbox (a fresh instance from the pre-instantiated pool, then `webhooks.handle`), for a
+//! One delivery in process: the Heroku core run natively (`native::handle_delivery`, the
+//! handler behind `serve --native-handler`) against the same core run in the sandbox (a fresh instance from the pre-instantiated pool, then `webhooks.handle`), for a
 //! small build event, a typical release event and a 64 KiB release event. Prints the medians
 //! and the sandbox-to-native ratios at the end.
 //!
-//! `cargo bench -p pulse-host --bench delivery`
+//! `cargo bench -p pulse-host --features native-handler --bench delivery`
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use base64::Engine as _;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use hmac::{Hmac, Mac};
 use pulse_host::database::Database;
+use pulse_host::native;
 use pulse_host::sandbox::{Context, Delivery, Header, Limits, Outcome, Runtime};
 use sha2::Sha256;
 
@@ -107,17 +108,18 @@ fn main() {
             body: body.clone(),
         };
         // Both sides must agree before either is timed.
-        let natively = native(&database, &context, &delivery);
+        let natively = native::handle_delivery(&database, &context, &delivery).unwrap();
         let sandboxed = executor
             .block_on(plugin.handle_delivery(&database, &context, &delivery))
             .unwrap()
             .unwrap();
-        assert!(matches!(natively, heroku_plugin::Outcome::Pulses(ref p) if p.len() == 1));
+        let agree = format!("{natively:?}") == format!("{sandboxed:?}");
+        assert!(agree, "{name}: native and sandbox give the same pulses");
         assert!(matches!(sandboxed, Outcome::Pulses(ref p) if p.len() == 1));
 
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_function(BenchmarkId::new("native", name), |b| {
-            b.iter(|| native(&database, &context, &delivery))
+            b.iter(|| native::handle_delivery(&database, &context, &delivery))
         });
         group.bench_function(BenchmarkId::new("sandbox", name), |b| {
             b.iter(|| {
@@ -136,24 +138,6 @@ fn main() {
     });
     criterion.final_summary();
     report_ratios();
-}
-
-/// What the component does for a delivery, natively: read the secret from the integration's
-/// storage (the component's one host call), then run the core.
-fn native(database: &Database, context: &Context, delivery: &Delivery) -> heroku_plugin::Outcome {
-    let secret = database
-        .kv_get(&context.integration, "webhook-secret")
-        .unwrap()
-        .unwrap();
-    let scope = heroku_plugin::Scope {
-        integration: &context.integration,
-        apps: &context.apps,
-    };
-    let headers = delivery
-        .headers
-        .iter()
-        .map(|header| (header.name.as_str(), header.value.as_str()));
-    heroku_plugin::handle(scope, &secret, headers, &delivery.body).unwrap()
 }
 
 /// Reads the medians criterion wrote for this run and prints them with the ratios.

@@ -12,7 +12,7 @@ pub mod data_dir;
 pub mod database;
 pub mod model;
 #[cfg(feature = "native-handler")]
-mod native;
+pub mod native;
 mod oauth;
 mod run_api;
 pub mod runs;

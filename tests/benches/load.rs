@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use pulse_e2e::fake_heroku::{FakeHeroku, Script};
 use pulse_e2e::process::{ADMIN_TOKEN, ServerProcess};
-use pulse_e2e::{fixture_with, sign};
+use pulse_e2e::{numbered_build, sign};
 use serde_json::{Value, json};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_pulse-host-e2e");
@@ -191,14 +191,6 @@ struct Load {
     failed: usize,
 }
 
-/// A build of its own per delivery, so every one is stored and committed.
-fn build_delivery(n: usize) -> Vec<u8> {
-    fixture_with("build-create-pending.json", |event| {
-        event["id"] = json!(format!("00000000-0000-4000-8000-{n:012}"));
-        event["data"]["id"] = json!(format!("b0000000-0000-4000-8000-{n:012}"));
-    })
-}
-
 async fn load(
     binary: &Path,
     data: &Path,
@@ -208,17 +200,7 @@ async fn load(
 ) -> Load {
     let server = warm_start(binary, data, args);
     let client = client();
-    let answer: Value = client
-        .put(format!("{}/api/integrations/acme", server.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "apps": [APP] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = answer["webhook_secret"].as_str().unwrap().to_string();
+    let secret = server.integration(&client, "acme", &[APP]).await;
     let url = format!("{}/webhooks/heroku/acme", server.base);
 
     // Signed before the clock starts; a warm-up of a tenth first, not counted.
@@ -226,7 +208,7 @@ async fn load(
     let requests: Arc<Vec<(Vec<u8>, String)>> = Arc::new(
         (0..warm_up + deliveries)
             .map(|n| {
-                let body = build_delivery(n);
+                let body = numbered_build(n);
                 let signature = sign(&secret, &body);
                 (body, signature)
             })
@@ -368,23 +350,9 @@ async fn streaming(binary: &Path, dir: &Path) -> Streaming {
     let client = client();
     let api = |path: &str| format!("{}/api{path}", server.base);
 
-    let created = client
-        .put(api("/integrations/shop"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "apps": [APP] }))
-        .send()
-        .await
-        .unwrap();
-    assert!(created.status().is_success());
-    let link: Value = client
-        .post(api("/integrations/shop/heroku/connect-link"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    server.integration(&client, "shop", &[APP]).await;
+    let path = "/integrations/shop/heroku/connect-link";
+    let (_, link) = server.api(&client, reqwest::Method::POST, path, None).await;
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::limited(5))
         .build()

@@ -36,6 +36,20 @@ pub fn fixture_with(name: &str, change: impl FnOnce(&mut Value)) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap()
 }
 
+/// A pending build of its own for each `n` (its event and build ids carry `n`), so that each
+/// delivery makes a pulse of its own.
+pub fn numbered_build(n: usize) -> Vec<u8> {
+    fixture_with("build-create-pending.json", |event| {
+        event["id"] = serde_json::json!(format!("00000000-0000-4000-8000-{n:012}"));
+        event["data"]["id"] = serde_json::json!(numbered_build_id(n));
+    })
+}
+
+/// The build id of [`numbered_build`]`(n)`.
+pub fn numbered_build_id(n: usize) -> String {
+    format!("b0000000-0000-4000-8000-{n:012}")
+}
+
 /// Signs a body the way Heroku does: base64 of HMAC-SHA256 keyed with the secret.
 pub fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();

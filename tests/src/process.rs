@@ -61,6 +61,35 @@ impl ServerProcess {
         }
     }
 
+    /// An admin API call (`path` after `/api`) with the admin token; returns the answer's
+    /// status and JSON body.
+    pub async fn api(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = client
+            .request(method, format!("{}/api{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        crate::read(request.send().await.unwrap()).await
+    }
+
+    /// Creates an integration monitoring `apps` and returns its webhook secret.
+    pub async fn integration(&self, client: &reqwest::Client, name: &str, apps: &[&str]) -> String {
+        let body = serde_json::json!({ "apps": apps });
+        let path = format!("/integrations/{name}");
+        let (status, answer) = self
+            .api(client, reqwest::Method::PUT, &path, Some(body))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{answer}");
+        answer["webhook_secret"].as_str().unwrap().to_string()
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
