@@ -382,7 +382,7 @@ impl Plugin {
         // computes as well as one that waits on a host call.
         let result = match tokio::time::timeout(deadline, run).await {
             Ok(Ok(result)) => Ok(result),
-            Ok(Err(err)) => Err(classify(err, deadline)),
+            Ok(Err(err)) => Err(classify(err)),
             Err(_) => Err(CallError::TimedOut(deadline)),
         };
         tracing::debug!(integration, elapsed = ?started.elapsed(), "plugin call finished");
@@ -428,16 +428,17 @@ impl Plugin {
     }
 }
 
-fn classify(err: wasmtime::Error, deadline: Duration) -> CallError {
+/// A guest never traps on its deadline (it yields at each epoch tick and the timer drops it),
+/// so every error here is a trap or a host failure.
+fn classify(err: wasmtime::Error) -> CallError {
     match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => CallError::TimedOut(deadline),
         Some(trap) => CallError::Trapped(format!("{trap}")),
         None => CallError::Trapped(format!("{err:#}")),
     }
 }
 
-/// Advances the engine's epoch on a plain thread, so deadlines fire even when every async
-/// worker is busy running guests.
+/// Advances the engine's epoch on a plain thread, so a computing guest yields its worker at
+/// every tick even when every async worker is busy running guests.
 struct Ticker {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
